@@ -1,0 +1,256 @@
+"""Exact factored attention-kernel spectra (utils.attention) against the dense d x d oracle."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from utils.attention import (RandomAttentionWeights, dense_kernel_oracle, head_eigen_report, kv_head_index,
+                             lowrank_kernel_spectra, match_eigenvalues, ov_factors, ov_spectra, qk_factors,
+                             qk_singular_values, qk_spectra, quartile_labels, sweep_attention)
+from utils.spectral import effective_rank
+
+RTOL = 1e-6
+
+
+def _rand(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64)
+
+
+def assert_matches_dense(ks, X, Y, kv, heads=None):
+    """Factored spectra of every head == dense d x d oracle (sv, non-zero eigenvalues, asymmetry)."""
+    r = ks.r
+    for i in (range(X.shape[0]) if heads is None else heads):
+        o = dense_kernel_oracle(X[i], Y[kv[i]])
+        scale = o["sv"][0]
+        np.testing.assert_allclose(ks.sv[i], o["sv"][:r], rtol=0, atol=RTOL * scale)
+        # the dense kernel has d - r more singular values, all zero up to rounding
+        assert o["sv"][r:].max(initial=0) <= 1e-12 * scale
+        # non-zero eigenvalues as a multiset: the r largest dense ones, matched greedily
+        lam_scale = np.abs(o["eig"][0])
+        dense_top = o["eig"][:r]
+        np.testing.assert_allclose(match_eigenvalues(ks.eig[i], dense_top), ks.eig[i], rtol=0,
+                                   atol=RTOL * lam_scale)
+        np.testing.assert_allclose(ks.asymmetry[i], o["asymmetry"], rtol=RTOL, atol=1e-9)
+        np.testing.assert_allclose(ks.symmetry[i], o["symmetry"], rtol=RTOL, atol=1e-9)
+        np.testing.assert_allclose(np.sqrt(ks.fro2[i]), np.linalg.norm(o["A"]), rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------
+# bookkeeping
+# ---------------------------------------------------------------------------------------
+def test_kv_head_index_gqa_mapping():
+    assert kv_head_index(8, 2).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert kv_head_index(4, 4).tolist() == [0, 1, 2, 3]
+    assert kv_head_index(6, 1).tolist() == [0] * 6
+    with pytest.raises(ValueError, match="multiple of n_kv"):
+        kv_head_index(6, 4)
+
+
+def test_factors_slice_the_right_rows_and_columns():
+    h, n_kv, r, d = 4, 2, 3, 10
+    Wq, Wk, Wv, Wo = _rand((h * r, d), 1), _rand((n_kv * r, d), 2), _rand((n_kv * r, d), 3), _rand((d, h * r), 4)
+    X, Y, kv = qk_factors(Wq, Wk, h, n_kv, r)
+    for i in range(h):
+        g = i // 2
+        A = Wq[i * r:(i + 1) * r].T @ Wk[g * r:(g + 1) * r]
+        torch.testing.assert_close(X[i] @ Y[kv[i]], A)
+    X, Y, kv = ov_factors(Wv, Wo, h, n_kv, r)
+    for i in range(h):
+        g = i // 2
+        B = Wo[:, i * r:(i + 1) * r] @ Wv[g * r:(g + 1) * r]
+        torch.testing.assert_close(X[i] @ Y[kv[i]], B)
+    with pytest.raises(ValueError, match="W_K has shape"):
+        qk_factors(Wq, Wk[:-1], h, n_kv, r)
+
+
+# ---------------------------------------------------------------------------------------
+# factored == dense on random weights
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("h,n_kv,r,d", [(4, 4, 8, 48),     # MHA
+                                        (8, 2, 16, 96),    # GQA, 4 query heads per KV head
+                                        (6, 1, 12, 40)])   # MQA
+def test_qk_factored_equals_dense(h, n_kv, r, d):
+    Wq, Wk = _rand((h * r, d), 10 + h), _rand((n_kv * r, d), 20 + h)
+    ks = qk_spectra(Wq, Wk, h, n_kv, r)
+    assert ks.sv.shape == (h, r) and ks.eig.shape == (h, r) and ks.d == d
+    assert np.all(np.diff(ks.sv, axis=-1) <= 0)
+    assert np.all(np.diff(np.abs(ks.eig), axis=-1) <= 1e-12)
+    X, Y, kv = qk_factors(Wq, Wk, h, n_kv, r)
+    assert_matches_dense(ks, X, Y, kv)
+
+
+@pytest.mark.parametrize("h,n_kv,r,d", [(4, 4, 8, 48), (8, 2, 16, 96)])
+def test_ov_factored_equals_dense(h, n_kv, r, d):
+    Wv, Wo = _rand((n_kv * r, d), 30 + h), _rand((d, h * r), 40 + h)
+    ks = ov_spectra(Wv, Wo, h, n_kv, r)
+    X, Y, kv = ov_factors(Wv, Wo, h, n_kv, r)
+    assert_matches_dense(ks, X, Y, kv)
+
+
+def test_rank_deficient_and_d_smaller_than_r():
+    # a head whose W_Q has rank 2 < r: the extra singular values / eigenvalues are exact zeros
+    r, d = 6, 30
+    Wq = _rand((r, 2), 1) @ _rand((2, d), 2)
+    ks = qk_spectra(Wq, _rand((r, d), 3), 1, 1, r)
+    o = dense_kernel_oracle(Wq.T, _rand((r, d), 3))
+    np.testing.assert_allclose(ks.sv[0], o["sv"][:r], atol=1e-9 * o["sv"][0])
+    assert ks.sv[0, 2:].max() <= 1e-12 * ks.sv[0, 0]
+    # d < r (degenerate but legal): padded with zeros
+    ks = qk_spectra(_rand((8, 3), 4), _rand((8, 3), 5), 1, 1, 8)
+    o = dense_kernel_oracle(_rand((8, 3), 4).T, _rand((8, 3), 5))
+    np.testing.assert_allclose(ks.sv[0, :3], o["sv"], rtol=1e-10)
+    assert np.all(ks.sv[0, 3:] == 0)
+
+
+def test_symmetric_and_antisymmetric_kernels():
+    # W_K = W_Q: A = W_Q^T W_Q is symmetric PSD -> real non-negative eigenvalues = singular values
+    r, d = 5, 20
+    Wq = _rand((r, d), 7)
+    ks = qk_spectra(Wq, Wq, 1, 1, r)
+    assert ks.symmetry[0] == pytest.approx(1.0, abs=1e-12)
+    assert ks.asymmetry[0] == pytest.approx(0.0, abs=1e-6)
+    assert ks.complex_mask().sum() == 0
+    np.testing.assert_allclose(ks.eig[0].real, ks.sv[0], rtol=1e-10)
+    # A = U J U^T with J = [[0, 1], [-1, 0]]: antisymmetric, eigenvalues +-i ||u||^2 (hand-worked)
+    u = torch.zeros(2, d, dtype=torch.float64)
+    u[0, 0] = u[1, 1] = 2.0
+    J = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+    ks = lowrank_kernel_spectra(u.T[None], (J @ u)[None])
+    assert ks.symmetry[0] == pytest.approx(0.0, abs=1e-12)
+    assert ks.asymmetry[0] == pytest.approx(2.0, abs=1e-12)
+    np.testing.assert_allclose(sorted(ks.eig[0].imag), [-4.0, 4.0], atol=1e-12)
+    np.testing.assert_allclose(ks.eig[0].real, 0.0, atol=1e-12)
+    np.testing.assert_allclose(ks.sv[0], [4.0, 4.0], atol=1e-12)
+    assert ks.metrics()["complex_frac"][0] == 1.0
+
+
+def test_seed_dense_float32_counts_noise_eigenvalues():
+    """The seed's dense float32 eig returns d - r noise eigenvalues; the factored method has exactly r."""
+    h, r, d = 1, 8, 192
+    Wq, Wk = _rand((r, d), 11) / d ** 0.5, _rand((r, d), 12) / d ** 0.5
+    ks = qk_spectra(Wq, Wk, h, h, r)
+    o32 = dense_kernel_oracle(Wq.T, Wk, dtype=torch.float32)
+    mag = np.abs(o32["eig"])
+    assert len(mag) == d and (mag[r:] > 0).any()          # noise instead of exact zeros
+    assert mag[r:].max() < 1e-4 * mag[0]                   # ... far below the r true ones
+    top_r_energy = (mag[:r] ** 2).sum() / (mag ** 2).sum()
+    assert top_r_energy < 1.0                              # the seed's "< 100%" comes from noise only
+    rep = head_eigen_report(ks.eig[0], d)
+    assert rep["top_d_head_energy"] == 1.0 and rep["plane"]["n_exact_zero"] == d - r
+
+
+def test_head_eigen_report_hand_worked():
+    eig = np.array([3 + 4j, 3 - 4j, -2.0 + 0j, 1.0 + 0j])
+    rep = head_eigen_report(eig, d=10)
+    p = rep["plane"]
+    assert (p["n_complex"], p["n_real"], p["n_conjugate_pairs"]) == (2, 2, 1)
+    assert (p["n_positive_real"], p["n_negative_real"], p["n_exact_zero"]) == (3, 1, 6)
+    assert (p["real_min"], p["real_max"], p["imag_min"], p["imag_max"]) == (-2, 3, -4, 4)
+    # energies 25, 25, 4, 1 of 55: 50% -> 2 (25/55 < .5), 90% -> 2 (50/55=.909), 95% -> 3, 99% -> 4
+    assert rep["milestones"] == {0.5: 2, 0.75: 2, 0.9: 2, 0.95: 3, 0.99: 4}
+    assert rep["percentiles"][0] == 1.0 and rep["percentiles"][100] == 5.0
+    assert rep["percentiles"][50] == pytest.approx(np.median([5, 5, 2, 1]))
+    assert rep["top"][2] == (2, -2.0, 0.0, 2.0)
+
+
+def test_quartile_labels():
+    lab = quartile_labels(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert lab.tolist() == ["LOW-RANK", "LOW-RANK", "MID", "HIGH-RANK", "HIGH-RANK"]
+
+
+# ---------------------------------------------------------------------------------------
+# whole-model sweep
+# ---------------------------------------------------------------------------------------
+def test_sweep_and_qk_singular_values_on_random_source():
+    src = RandomAttentionWeights(L=3, d=40, h=4, n_kv=2, d_head=8, seed=3)
+    sw = sweep_attention(src, progress=False)
+    S = qk_singular_values(src)
+    assert S.shape == (3, 4, 8) and S.dtype == np.float64
+    np.testing.assert_allclose(S, sw.sv["qk"], rtol=1e-12)
+    for li in range(3):
+        Wq, Wk = src.layer_weight(li, "q", torch.float64), src.layer_weight(li, "k", torch.float64)
+        for i in range(4):
+            g = i // 2
+            A = Wq[i * 8:(i + 1) * 8].T @ Wk[g * 8:(g + 1) * 8]
+            np.testing.assert_allclose(S[li, i], torch.linalg.svdvals(A).numpy()[:8], rtol=0, atol=1e-12 * S[li, i, 0])
+    df = sw.to_frame()
+    assert len(df) == 12
+    for col in ("layer", "head", "kv_head", "eff_rank", "op_norm", "asymmetry", "complex_frac",
+                "ov_eff_rank", "ov_op_norm", "ov_asymmetry", "ov_symmetry", "ov_complex_frac"):
+        assert col in df.columns
+    assert df["kv_head"].tolist()[:4] == [0, 0, 1, 1]
+    np.testing.assert_allclose(df["eff_rank"].to_numpy().reshape(3, 4), effective_rank(S))
+    np.testing.assert_allclose(df["op_norm"].to_numpy().reshape(3, 4), S[..., 0])
+    with pytest.raises(IndexError, match="L=3"):
+        src.layer_weight(3, "q")
+
+
+# ---------------------------------------------------------------------------------------
+# real checkpoints: GPT-2 fused c_attn, BERT query/key/value, llama GQA, the bundled model
+# ---------------------------------------------------------------------------------------
+def _check_source_against_dense(src, layers):
+    D = src.dims
+    sw = sweep_attention(src, layers=layers, progress=False)
+    for j, li in enumerate(layers):
+        Wq, Wk = src.layer_weight(li, "q", torch.float64), src.layer_weight(li, "k", torch.float64)
+        Wv, Wo = src.layer_weight(li, "v", torch.float64), src.layer_weight(li, "o", torch.float64)
+        X, Y, kv = qk_factors(Wq, Wk, D.h, D.n_kv, D.d_head)
+        assert_matches_dense(_row(sw, "qk", j), X, Y, kv)
+        X, Y, kv = ov_factors(Wv, Wo, D.h, D.n_kv, D.d_head)
+        assert_matches_dense(_row(sw, "ov", j), X, Y, kv)
+    return sw
+
+
+def _row(sw, circuit, j):
+    from utils.attention import KernelSpectra
+
+    return KernelSpectra(sw.sv[circuit][j], sw.eig[circuit][j], sw.fro2[circuit][j], sw.tr_sq[circuit][j], sw.d)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_tiny_checkpoints_match_dense_and_transformers(family, tiny_model_dirs):
+    from safetensors.torch import load_file
+
+    from utils.models import open_weights
+
+    folder = tiny_model_dirs[family]
+    src = open_weights(folder)
+    D = src.dims
+    _check_source_against_dense(src, [0, D.L - 1])
+    # independent slicing from the raw checkpoint tensors (the loader's role mapping is checked too)
+    raw = load_file(str(folder / "model.safetensors"))
+    li = 1
+    if family == "gpt2":
+        W = next(v for k, v in raw.items() if k.endswith(f"h.{li}.attn.c_attn.weight")).double()  # (d, 3d)
+        Wq, Wk = W[:, :D.d].T, W[:, D.d:2 * D.d].T
+    elif family == "bert":
+        Wq = next(v for k, v in raw.items() if k.endswith(f"layer.{li}.attention.self.query.weight")).double()
+        Wk = next(v for k, v in raw.items() if k.endswith(f"layer.{li}.attention.self.key.weight")).double()
+    else:
+        Wq = next(v for k, v in raw.items() if k.endswith(f"layers.{li}.self_attn.q_proj.weight")).double()
+        Wk = next(v for k, v in raw.items() if k.endswith(f"layers.{li}.self_attn.k_proj.weight")).double()
+    S = qk_singular_values(src)
+    r, grp = D.d_head, D.h // D.n_kv
+    for i in range(D.h):
+        g = i // grp
+        A = Wq[i * r:(i + 1) * r].T @ Wk[g * r:(g + 1) * r]
+        np.testing.assert_allclose(S[li, i], torch.linalg.svdvals(A).numpy()[:r], rtol=0,
+                                   atol=RTOL * S[li, i, 0])
+
+
+@pytest.mark.slow
+def test_bundled_model_matches_dense(bundled_gguf):
+    """SmolLM2-135M (GQA 9 query / 3 KV heads, d 576): factored == dense on two layers, every head."""
+    from utils.models import open_weights
+
+    src = open_weights(str(bundled_gguf))
+    D = src.dims
+    assert D.h % D.n_kv == 0 and D.n_kv < D.h
+    sw = sweep_attention(src, layers=[0, D.L - 1], circuits=("qk",), progress=False)
+    for j, li in enumerate([0, D.L - 1]):
+        X, Y, kv = qk_factors(src.layer_weight(li, "q", torch.float64), src.layer_weight(li, "k", torch.float64),
+                              D.h, D.n_kv, D.d_head)
+        heads = [0, D.h // 2, D.h - 1] if j == 0 else range(D.h)
+        assert_matches_dense(_row(sw, "qk", j), X, Y, kv, heads=heads)
