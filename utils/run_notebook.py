@@ -96,7 +96,7 @@ def execute(notebook: str | os.PathLike, run_name: str = "default", params: dict
     run_dir = out_root / src.stem / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"{src.stem}.ipynb"
-    fd, partial = tempfile.mkstemp(prefix=f".{src.stem}.", suffix=".ipynb.partial", dir=run_dir)
+    fd, partial = tempfile.mkstemp(prefix=f".{src.stem}.", suffix=".partial.ipynb", dir=run_dir)
     os.close(fd)
     with tempfile.TemporaryDirectory() as td:
         inp = Path(td) / (src.stem + ".ipynb")

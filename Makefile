@@ -1,0 +1,53 @@
+# transformer-spectra: `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN_NAME ?= default
+MODEL ?= smollm2
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.py))
+PYTEST_ARGS ?=
+
+$(VENV)/.stamp: pyproject.toml scripts/setup_env.sh
+	PYTHON=$(PYTHON) bash scripts/setup_env.sh
+
+.PHONY: help venv run test bench sync lab clean clean-output distclean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: MODEL=$(MODEL) RUN_NAME=$(RUN_NAME) PYTHON=$(PYTHON)"
+
+venv: $(VENV)/.stamp ## Create or refresh the virtual environment (.venv) with a CPU or CUDA torch as fits
+	@true
+
+run: $(VENV)/.stamp ## Main job: run every notebook on MODEL (default: bundled SmolLM2-135M) into output/
+	@set -e; for nb in $(NOTEBOOKS); do \
+	  echo "==> $$nb"; \
+	  $(PY) -m utils.run_notebook $$nb --run-name $(RUN_NAME) -p model "$(MODEL)"; \
+	done; echo "reports: output/*/$(RUN_NAME)/report.md"
+
+test: $(VENV)/.stamp ## Run the test suite (unit tests, notebook smoke tests on tiny models, bundled-model checks)
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+bench: $(VENV)/.stamp ## Print the benchmark figures with their baselines and ratios
+	@set -e; for b in $(sort $(wildcard bench/bench_*.py)); do echo "==> $$b"; $(PY) $$b; done
+
+sync: $(VENV)/.stamp ## Generate / update the paired .ipynb next to each notebooks/*.py (jupytext)
+	$(VENV)/bin/jupytext --sync $(NOTEBOOKS)
+
+lab: ## Open JupyterLab on notebooks/ (installs jupyterlab on first use; .py <-> .ipynb pairing active)
+	EXTRAS=test,lab PYTHON=$(PYTHON) bash scripts/setup_env.sh
+	$(MAKE) sync
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean: ## Remove generated notebooks and caches (keeps output/ and .venv)
+	rm -f notebooks/*.ipynb
+	rm -rf .pytest_cache notebooks/.ipynb_checkpoints
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+clean-output: ## Remove every run result under output/
+	find output -mindepth 1 -not -name .gitkeep -delete
+
+distclean: clean clean-output ## Also remove the virtual environment
+	rm -rf $(VENV)

@@ -1,0 +1,68 @@
+"""Notebook 01 end to end on tiny checkpoints of every family, the runner, and bad input."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import REPO_ROOT, build_tiny_checkpoint, run_notebook_smoke
+from utils.run_notebook import NotebookFailed, list_params
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_notebook_01_runs_on_each_family(tiny_model_dirs, tmp_path, family):
+    run_dir = run_notebook_smoke("01_weight_ranks", {"model": str(tiny_model_dirs[family]), "layer_idx": 1}, tmp_path)
+    files = {p.name for p in run_dir.iterdir()}
+    assert {"01_weight_ranks.ipynb", "report.md", "run.json", "weight_ranks.csv", "eff_rank_by_layer.png",
+            "down_proj_variance.png", "eff_rank_stats_by_type.csv"} <= files
+    assert not [f for f in files if f.startswith(".")], "temp files left behind"
+    df = pd.read_csv(run_dir / "weight_ranks.csv")
+    assert {"layer_idx", "weight_type", "shape", "eff_rank"} <= set(df.columns)
+    report = (run_dir / "report.md").read_text()
+    assert "![effective rank by layer](eff_rank_by_layer.png)" in report
+    assert "## Run record" in report and "Per-weight phase trend" in report
+    rec = json.loads((run_dir / "run.json").read_text())
+    assert rec["params"]["layer_idx"] == 1 and "weight sweep" in rec["timings_s"] and rec["versions"]["torch"]
+
+
+def test_layer_out_of_range_fails_clearly_and_writes_no_results(tiny_llama_dir, tmp_path):
+    with pytest.raises(NotebookFailed, match=r"IndexError: layer index 7 is out of range.*L=3") as e:
+        run_notebook_smoke("01_weight_ranks", {"model": str(tiny_llama_dir), "layer_idx": 7}, tmp_path)
+    run_dir = e.value.notebook.parent
+    assert e.value.notebook.exists()  # executed notebook kept with the error visible
+    assert not (run_dir / "weight_ranks.csv").exists() and not (run_dir / "report.md").exists()
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_missing_model_path_and_unknown_parameter(tmp_path):
+    with pytest.raises(NotebookFailed, match="model path not found"):
+        run_notebook_smoke("01_weight_ranks", {"model": str(tmp_path / "missing")}, tmp_path)
+    with pytest.raises(ValueError, match="unknown parameter.*layer_index"):
+        run_notebook_smoke("01_weight_ranks", {"layer_index": 3}, tmp_path)
+
+
+def test_cli_lists_params_and_exits_nonzero_on_failure(tmp_path):
+    names = [p["name"] for p in list_params("01_weight_ranks")]
+    assert names[:3] == ["model", "run_name", "output_root"] and "layer_idx" in names
+    cli = [sys.executable, "-m", "utils.run_notebook"]
+    out = subprocess.run(cli + ["01", "--list-params"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 0 and "| layer_idx | int | -1 |" in out.stdout
+    bad = subprocess.run(cli + ["01", "--run-name", "x", "--output-root", str(tmp_path), "-p", "model",
+                                str(tmp_path / "nope")], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert bad.returncode == 1 and "model path not found" in bad.stderr
+    assert (tmp_path / "01_weight_ranks" / "x" / "01_weight_ranks.ipynb").exists()
+
+
+def test_every_notebook_has_one_typed_parameters_cell():
+    import jupytext
+
+    for nb_path in sorted((REPO_ROOT / "notebooks").glob("[0-9]*.py")):
+        nb = jupytext.read(nb_path)
+        cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(cells) == 1, nb_path.name
+        lines = [ln for ln in cells[0].source.splitlines() if ln.strip()]
+        for ln in lines:
+            assert ":" in ln.split("=")[0] and "#" in ln, f"{nb_path.name}: untyped or uncommented parameter {ln!r}"
+        src = nb_path.read_text()
+        assert "jupytext_version" not in src, f"{nb_path.name}: version stamp in header"
