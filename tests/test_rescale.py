@@ -170,6 +170,18 @@ def test_every_number_equals_the_seed_formulas(case, anchor):
     assert d["frac_below"]["0.10"] == ref["frac10"]
 
 
+def test_spearman_against_loop_ranks():
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 5, size=(4, 6)).astype(float)        # many ties
+    y = rng.normal(size=(4, 6))
+    def loop_ranks(v):
+        v = v.ravel()
+        return np.array([sum(w < a for w in v) + (sum(w == a for w in v) + 1) / 2 for a in v])
+    expect = np.corrcoef(loop_ranks(x), loop_ranks(y))[0, 1]
+    assert R.spearman(x, y) == pytest.approx(expect, rel=1e-12)
+    assert R.spearman(np.arange(5.0), np.exp(np.arange(5.0))) == pytest.approx(1.0)
+
+
 def test_verdict_thresholds_and_wording():
     assert R.verdict(0.0999).startswith("HYPOTHESIS SUPPORTED")
     assert R.verdict(0.1).startswith("PARTIALLY SUPPORTED")

@@ -81,6 +81,25 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
         return float(np.corrcoef(np.ravel(x), np.ravel(y))[0, 1])
 
 
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of the flattened ``x``, ties given their average rank."""
+    x = np.ravel(x)
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.r_[0, np.flatnonzero(xs[1:] != xs[:-1]) + 1]
+    ends = np.r_[starts[1:], len(xs)]
+    avg = (starts + ends + 1) / 2.0                     # mean of ranks start+1 .. end
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (Pearson of average ranks) of the flattened arrays; beyond the seed,
+    a check that a correlation is not carried by a few extreme (layer, head) values."""
+    return pearson(_average_ranks(x), _average_ranks(y))
+
+
 # ----------------------------------------------------------------------------- experiments
 def shape_invariance(shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Experiment (1). ``shape (L, H, K)`` -> (per-head mean pairwise cosine across layers ``(H,)``,
@@ -254,6 +273,8 @@ class RescaleResult:
     frac_below: dict                      # {0.1: f, 0.2: f}
     corr_T_entropy: float                 # (2b)
     corr_opnorm_entropy: float
+    spearman_T_entropy: float             # beyond the seed: rank correlations
+    spearman_opnorm_entropy: float
     cross_head_cos: np.ndarray            # (L,)  experiment (3)
     shape_cos_mean: float
     shape_cos_std: float
@@ -298,6 +319,7 @@ def analyze(sigma: np.ndarray, entropy: np.ndarray, anchor: str = "last", rank_k
         layer_mean_T=T.mean(1), mean_resid=mean_resid, max_resid=float(resid.max()),
         frac_below={t: float((resid < t).mean()) for t in RESID_THRESHOLDS},
         corr_T_entropy=pearson(T, entropy), corr_opnorm_entropy=pearson(op_norm, entropy),
+        spearman_T_entropy=spearman(T, entropy), spearman_opnorm_entropy=spearman(op_norm, entropy),
         cross_head_cos=cross_head_similarity(shape),
         shape_cos_mean=m, shape_cos_std=float(per_head_cos.std()),
         shape_cos_min=float(per_head_cos.min()), shape_cos_max=float(per_head_cos.max()),
