@@ -221,7 +221,7 @@ def rank_k_correction(sigma: np.ndarray, T: np.ndarray, anchor_layer: int, k_max
     RG = R.reshape(L * H, K)
     # singular values of the tall (L*H, K) stack from its K x K Gram matrix (absolute error
     # ~1e-8 |R|_F on each tail norm, far below what is reported)
-    s_G = np.sqrt(np.clip(np.linalg.eigvalsh(RG.T @ RG), 0.0, None))[::-1]
+    s_G = np.sqrt(np.clip(np.linalg.eigvalsh(np.einsum("ik,il->kl", RG, RG)), 0.0, None))[::-1]
     glob = _tail_norms(s_G, k_max) / total if total > EPS else np.zeros(k_max + 1)
     return {"resid": resid, "no_anchor": no_anchor, "global_resid": glob,
             "trivial_from_k": int(min(H, K))}
