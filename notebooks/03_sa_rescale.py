@@ -275,6 +275,12 @@ results = {"source": source, "num_layers": L, "num_heads": H, "max_rank": K, "an
 run.save_json(results, "results.json")
 
 cross_mean = float(np.nanmean(res.cross_head_cos)) if H > 1 else float("nan")
+# beyond the seed: the seed's mean includes the anchor layer's exact zeros
+mean_resid_wo_anchor = float(np.delete(res.resid, aL, axis=0).mean()) if L > 1 else float("nan")
+worst = int(np.argmax(res.layer_mean_resid))
+results["mean_resid_excluding_anchor"] = mean_resid_wo_anchor
+results["worst_layer"] = {"layer": worst, "mean_resid": float(res.layer_mean_resid[worst])}
+run.save_json(results, "results.json")
 md = f"""# SA rescale: is every layer a temperature-rescaled copy of one operator?
 
 Model / geometry: {source}. Anchor: **{anchor}** (layer {aL}).
@@ -285,7 +291,10 @@ Model / geometry: {source}. Anchor: **{anchor}** (layer {aL}).
 - spectral shape is **{res.stability}** across layers (per-head mean pairwise cos = {res.shape_cos_mean:.3f})
 - scalar-rescale fit residual: mean {res.mean_resid:.3f}, max {res.max_resid:.3f};
   {res.frac_below[0.10]:.1%} of (layer, head) under 0.10, {res.frac_below[0.20]:.1%} under 0.20
+  (beyond the seed: mean {mean_resid_wo_anchor:.3f} without the anchor layer's exact zeros; worst layer
+  {worst} with mean {res.layer_mean_resid[worst]:.3f})
 - corr(T, entropy) = {res.corr_T_entropy:+.3f} {ci('corr_T_entropy')}; corr(op_norm, entropy) = {res.corr_opnorm_entropy:+.3f}
+  (Spearman: {res.spearman_T_entropy:+.3f} and {res.spearman_opnorm_entropy:+.3f})
 - cross-head shape similarity within a layer: mean {cross_mean:.3f}
 
 **Verdict:** {res.verdict}
