@@ -42,7 +42,7 @@ batch_size: int = 16  # sequences per optimiser step
 n_steps: int = 300  # optimiser steps per run
 lr: float = 2e-3  # AdamW peak learning rate (warmup, then cosine to lr/10)
 record_every: int = 25  # record spectra every this many steps (and at step 0 and the last step)
-text_chars: int = 1_000_000  # characters of offline training text (installed packages' docs and licences)
+text_chars: int = 1000000  # characters of offline training text (installed packages' docs and licences)
 top_k: int = 4  # how many top singular values to plot against step
 n_threads: int = 1  # torch CPU threads (1 is fastest on a small shared CPU)
 
@@ -201,7 +201,8 @@ def grid_axes(names, size=(2.9, 2.2)):
 
 colors = {r: plt.cm.tab10((k % 10)) for k, r in enumerate(runs)}
 md = [f"# 05 · Spectral dynamics during training", "", source_note, "",
-      f"Merged file: `{merged_path}` ({len(runs)} runs, {len(layers)} weights).", "",
+      f"Merged file: `{merged_path.name if run_files else merged_path}` ({len(runs)} runs, "
+      f"{len(layers)} weights).", "",
       "## Verification", "", "```", report.summary(), "```", ""]
 if sf.notes:
     md += ["Reading notes: " + "; ".join(sf.notes) + ".", ""]

@@ -183,3 +183,19 @@ def test_tiny_gpt_training_is_seeded_and_learns(one_thread):
     assert runs[0] == runs[1]  # same seed, same run
     assert len(runs[0]) == cfg.n_steps + 1
     assert np.mean(runs[0][-5:]) < runs[0][0] - 0.5  # learns something (uniform bytes: ln 256 = 5.55)
+
+
+def test_record_checkpoint_dir_on_a_single_hf_checkpoint(tiny_gpt2_dir, tmp_path):
+    """A plain HF checkpoint folder (the shared tiny GPT-2) is one checkpoint; config.json is kept."""
+    from transformers import AutoModelForCausalLM
+
+    out = record_checkpoint_dir(tiny_gpt2_dir, tmp_path / "one.h5", progress=False)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    want = two_d_weights(model)
+    with SpectralFile(out) as sf:
+        assert sf.n_checkpoints(1) == 1 and set(sf.layers) == set(want)
+        assert sf.metadata(1)["config"]["model_type"] == "gpt2"
+        for name, W in want.items():
+            np.testing.assert_allclose(sf.spectrum(name, SV, 1, 0),
+                                       np.linalg.svd(W.detach().double().numpy(), compute_uv=False),
+                                       rtol=1e-5, atol=1e-6)

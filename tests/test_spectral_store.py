@@ -96,7 +96,7 @@ def test_merge_two_runs_seed_layout(two_runs, tmp_path):
         assert row.sigma_1 == pytest.approx(S[0], rel=1e-5)
 
 
-def test_merge_refuses_mismatched_runs(two_runs, tmp_path):
+def test_merge_refuses_mismatched_runs(two_runs, tmp_path, capsys):
     paths, _ = two_runs
     wide = tmp_path / "wide.h5"
     _record_run(wide, seed=3, cfg=TinyGPTConfig(n_layer=1, n_embd=12, n_head=2, block_size=8))
@@ -112,6 +112,12 @@ def test_merge_refuses_mismatched_runs(two_runs, tmp_path):
                                                  r"'transformer.wte.weight'\]"):
         merge_runs([paths[0], paths[1], fewer], out)
     assert not out.exists()
+    assert main(["merge", str(out), str(paths[0]), str(wide)]) == 2  # command line: message, no traceback
+    printed = capsys.readouterr().out
+    assert printed.startswith("error: cannot merge") and "Traceback" not in printed
+    assert not out.exists()
+    assert main(["merge", str(out), *map(str, paths)]) == 0 and "OK" in capsys.readouterr().out
+    out.unlink()
     merged = merge_runs(paths, tmp_path / "ok.h5")
     with pytest.raises(MergeMismatchError, match="already a merged file"):
         merge_runs([merged, paths[0]], out)
