@@ -248,9 +248,55 @@ def test_bundled_model_matches_dense(bundled_gguf):
     src = open_weights(str(bundled_gguf))
     D = src.dims
     assert D.h % D.n_kv == 0 and D.n_kv < D.h
-    sw = sweep_attention(src, layers=[0, D.L - 1], circuits=("qk",), progress=False)
+    sw = sweep_attention(src, layers=[0, D.L - 1], progress=False)
+    heads = [0, D.h // 2, D.h - 1]  # one query head in each KV group
     for j, li in enumerate([0, D.L - 1]):
         X, Y, kv = qk_factors(src.layer_weight(li, "q", torch.float64), src.layer_weight(li, "k", torch.float64),
                               D.h, D.n_kv, D.d_head)
-        heads = [0, D.h // 2, D.h - 1] if j == 0 else range(D.h)
         assert_matches_dense(_row(sw, "qk", j), X, Y, kv, heads=heads)
+    X, Y, kv = ov_factors(src.layer_weight(D.L - 1, "v", torch.float64), src.layer_weight(D.L - 1, "o", torch.float64),
+                          D.h, D.n_kv, D.d_head)
+    assert_matches_dense(_row(sw, "ov", 1), X, Y, kv, heads=[D.h - 1])
+
+
+# ---------------------------------------------------------------------------------------
+# notebook 02 end to end on tiny checkpoints
+# ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # bert's roles: test_tiny_checkpoints_match_dense...
+def test_notebook_02_runs_on_tiny_models(tiny_model_dirs, tmp_path, family):
+    import pandas as pd
+
+    from conftest import run_notebook_smoke
+
+    run_dir = run_notebook_smoke("02_attention_kernels", {"model": str(tiny_model_dirs[family]), "layer_idx": -1,
+                                                          "head_idx": 1}, tmp_path)
+    files = {p.name for p in run_dir.iterdir()}
+    assert {"report.md", "run.json", "attention_heads.csv", "qk_head_spectrum.png", "ov_head_spectrum.png",
+            "eff_rank_heatmap.png", "qk_per_head_summary.csv"} <= files
+    assert not [f for f in files if f.startswith(".")]
+    from utils.models import open_weights
+
+    src = open_weights(tiny_model_dirs[family])
+    D = src.dims
+    df = pd.read_csv(run_dir / "attention_heads.csv")
+    assert len(df) == D.L * D.h
+    assert {"layer", "head", "kv_head", "eff_rank", "op_norm", "asymmetry", "complex_frac", "ov_eff_rank"} \
+        <= set(df.columns)
+    np.testing.assert_allclose(df["eff_rank"].to_numpy().reshape(D.L, D.h), effective_rank(qk_singular_values(src)),
+                               rtol=1e-9)
+    assert df["kv_head"].tolist()[:D.h] == kv_head_index(D.h, D.n_kv).tolist()
+    report = (run_dir / "report.md").read_text()
+    assert f"layer {D.L - 1}, head 1" in report and "![effective rank heatmap](eff_rank_heatmap.png)" in report
+    assert "Rotary position embeddings are not part of A" in report
+    assert "Only the d_head non-zero eigenvalues are reported" in report and "## Run record" in report
+
+
+@pytest.mark.slow
+def test_notebook_02_rejects_bad_head(tiny_llama_dir, tmp_path):
+    from conftest import run_notebook_smoke
+    from utils.run_notebook import NotebookFailed
+
+    with pytest.raises(NotebookFailed, match=r"head_idx=4 is out of range.*h=4 query heads.*0\.\.3") as e:
+        run_notebook_smoke("02_attention_kernels", {"model": str(tiny_llama_dir), "head_idx": 4}, tmp_path)
+    assert not (e.value.notebook.parent / "report.md").exists()

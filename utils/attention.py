@@ -182,44 +182,83 @@ def _energy_count(energy: np.ndarray, level: float) -> np.ndarray:
     return (cum < level - 1e-12).sum(axis=-1) + 1
 
 
-def _factored_svdvals(X: torch.Tensor, Y: torch.Tensor, idx: torch.Tensor) -> np.ndarray:
-    """(B, r) singular values of X[i] @ Y[idx[i]] from the R factors of two thin QRs (float64)."""
-    r = X.shape[-1]
+def _grouped_products(Y: torch.Tensor, X: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(B, r, r) ``Y[idx[i]] @ X[i]``, one GEMM per shared Y (a GQA group) instead of B small ones.
+
+    For the heads ``i`` reading the same ``Y[g]``, ``[X_i ...]`` side by side is a (d, n_g * r) view of
+    the weight matrix when the heads are contiguous (always, for GQA), so no copy of X is made.
+    """
+    B, d, r = X.shape
+    M = torch.empty(B, r, r, dtype=X.dtype, device=X.device)
+    idx_cpu = idx.cpu().numpy()
+    for g in np.unique(idx_cpu):
+        heads = np.flatnonzero(idx_cpu == g)
+        contiguous = heads[-1] - heads[0] + 1 == len(heads)
+        Xg = X[heads[0]:heads[-1] + 1] if contiguous else X[torch.as_tensor(heads, device=X.device)]
+        P = Y[int(g)] @ Xg.permute(1, 0, 2).reshape(d, len(heads) * r)        # (r, n_g * r)
+        M[torch.as_tensor(heads, device=X.device)] = P.reshape(r, len(heads), r).permute(1, 0, 2)
+    return M
+
+
+def _head_chunk(X, Y, R2, idx, eigenvalues: bool):
+    """Per-head work for a contiguous chunk of heads: singular values, and eigenvalues and tr(A^2)."""
     # mode "r" never forms Q; for d < r, R is (d, r) and the product is still exact
+    R1 = torch.linalg.qr(X, mode="r")[1]                     # (b, k, r), k = min(d, r)
+    S = torch.linalg.svdvals(R1 @ R2[idx].mT)                # (b, k): svd(X Y) = svd(R1 R2^T)
+    if not eigenvalues:
+        return S, None, None
+    M = _grouped_products(Y, X, idx)                         # (b, r, r): non-zero eig(X Y) = eig(Y X)
+    return S, torch.linalg.eigvals(M), (M * M.mT).sum(dim=(-2, -1))
+
+
+def _workers(device: torch.device, B: int) -> int:
+    """Threads to split the heads over: one per intra-op thread on the CPU (each runs single-threaded)."""
+    return max(1, min(B, torch.get_num_threads())) if device.type == "cpu" else 1
+
+
+def _factored(X: torch.Tensor, Y: torch.Tensor, y_index, eigenvalues: bool = True):
+    """Validate, decompose the shared Y once, then the heads in parallel chunks. Returns numpy arrays."""
+    if X.ndim != 3 or Y.ndim != 3 or X.shape[-2] != Y.shape[-1] or X.shape[-1] != Y.shape[-2]:
+        raise ValueError(f"need X (B, d, r) and Y (G, r, d); got {tuple(X.shape)} and {tuple(Y.shape)}")
+    B, d, r = X.shape
+    idx = torch.arange(B) if y_index is None else torch.as_tensor(np.asarray(y_index), dtype=torch.long)
+    if idx.shape != (B,) or int(idx.max()) >= Y.shape[0] or int(idx.min()) < 0:
+        raise ValueError(f"y_index must be (B,)={B} indices into the {Y.shape[0]} Y factors")
+    X, Y = X.to(torch.float64), Y.to(torch.float64)
+    idx = idx.to(X.device)
+    n_work = _workers(X.device, B)
+    bounds = np.linspace(0, B, n_work + 1).astype(int)
     with _small_lapack_threads(X.device):
-        R1 = torch.linalg.qr(X, mode="r")[1]                 # (B, k, r), k = min(d, r)
-        R2 = torch.linalg.qr(Y.mT, mode="r")[1]              # (G, k, r)
-        S = torch.linalg.svdvals(R1 @ R2[idx].mT).cpu().numpy()   # (B, k)
+        R2 = torch.linalg.qr(Y.mT, mode="r")[1]              # (G, k, r), once per KV head
+        jobs = [(X[a:b], Y, R2, idx[a:b], eigenvalues) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        if len(jobs) == 1:
+            parts = [_head_chunk(*jobs[0])]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(jobs)) as ex:      # LAPACK releases the GIL
+                parts = list(ex.map(lambda j: _head_chunk(*j), jobs))
+    S = torch.cat([p[0] for p in parts]).cpu().numpy()
     if S.shape[-1] < r:  # d < r: pad with the exact zeros
         S = np.concatenate([S, np.zeros(S.shape[:-1] + (r - S.shape[-1],))], axis=-1)
-    return S
+    if not np.isfinite(S).all():
+        raise ValueError("attention weights contain NaN or Inf: check the checkpoint")
+    if not eigenvalues:
+        return S, None, None
+    lam = torch.cat([p[1] for p in parts]).cpu().numpy()
+    order = np.argsort(-np.abs(lam), axis=-1, kind="stable")
+    tr_sq = torch.cat([p[2] for p in parts]).cpu().numpy()
+    return S, np.take_along_axis(lam, order, axis=-1), tr_sq
 
 
 def lowrank_kernel_spectra(X: torch.Tensor, Y: torch.Tensor, y_index=None) -> KernelSpectra:
     """Exact spectra of ``A_i = X[i] @ Y[y_index[i]]`` for a batch of thin factors.
 
-    X: (B, d, r) float64; Y: (G, r, d) float64; y_index: (B,) ints into Y (default ``arange(B)``,
-    which needs G == B). Shared factors (GQA) are decomposed once. Works on the factors' device.
+    X: (B, d, r); Y: (G, r, d); y_index: (B,) ints into Y (default ``arange(B)``, which needs
+    G == B). Computed in float64 on the factors' device; shared factors (GQA) are decomposed once.
     """
-    if X.ndim != 3 or Y.ndim != 3 or X.shape[-2] != Y.shape[-1] or X.shape[-1] != Y.shape[-2]:
-        raise ValueError(f"need X (B, d, r) and Y (G, r, d); got {tuple(X.shape)} and {tuple(Y.shape)}")
-    if not (torch.isfinite(X).all() and torch.isfinite(Y).all()):
-        raise ValueError("attention weights contain NaN or Inf: check the checkpoint")
-    B, d, r = X.shape
-    idx = torch.arange(B) if y_index is None else torch.as_tensor(np.asarray(y_index), dtype=torch.long)
-    if idx.shape != (B,) or int(idx.max()) >= Y.shape[0] or int(idx.min()) < 0:
-        raise ValueError(f"y_index must be (B,)={B} indices into the {Y.shape[0]} Y factors")
-    idx = idx.to(X.device)
-    X, Y = X.to(torch.float64), Y.to(torch.float64)
-    S = _factored_svdvals(X, Y, idx)
-    with _small_lapack_threads(X.device):
-        M = Y[idx] @ X                                       # (B, r, r): same non-zero eigenvalues as X Y
-        lam = torch.linalg.eigvals(M)
-    tr_sq = (M * M.mT).sum(dim=(-2, -1))
-    lam = lam.cpu().numpy()
-    order = np.argsort(-np.abs(lam), axis=-1, kind="stable")
-    lam = np.take_along_axis(lam, order, axis=-1)
-    return KernelSpectra(sv=S, eig=lam, fro2=(S ** 2).sum(axis=-1), tr_sq=tr_sq.cpu().numpy(), d=d)
+    S, lam, tr_sq = _factored(X, Y, y_index)
+    return KernelSpectra(sv=S, eig=lam, fro2=(S ** 2).sum(axis=-1), tr_sq=tr_sq, d=X.shape[-2])
 
 
 def qk_spectra(W_q, W_k, n_heads: int, n_kv: int, d_head: int, device=None) -> KernelSpectra:
@@ -246,8 +285,9 @@ def dense_kernel_oracle(X_i, Y_i, dtype: torch.dtype = torch.float64) -> dict:
     reproduces the research seed (which decomposed ``.float()`` weights).
     """
     A = (_as_f64(X_i) @ _as_f64(Y_i)).to(dtype)
-    sv = torch.linalg.svdvals(A).double().numpy()
-    lam = torch.linalg.eigvals(A).to(torch.complex128).numpy()
+    with _small_lapack_threads(A.device):  # multi-threaded dense eig is pathological on a busy machine
+        sv = torch.linalg.svdvals(A).double().numpy()
+        lam = torch.linalg.eigvals(A).to(torch.complex128).numpy()
     lam = lam[np.argsort(-np.abs(lam), kind="stable")]
     A = A.double()
     fro = torch.linalg.matrix_norm(A).item()
@@ -410,7 +450,7 @@ def qk_singular_values(src) -> np.ndarray:
     for li in range(L):
         X, Y, kv = qk_factors(src.layer_weight(li, "q", dtype=None), src.layer_weight(li, "k", dtype=None),
                               h, n_kv, r)
-        out[li] = _factored_svdvals(X, Y, torch.as_tensor(kv, device=X.device))
+        out[li] = _factored(X, Y, kv, eigenvalues=False)[0]
     return out
 
 
