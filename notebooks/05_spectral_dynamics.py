@@ -2,6 +2,7 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -185,8 +186,13 @@ def layer_grid(names):
     return rows, max(len(r) for r in rows)
 
 
-def grid_axes(names, size=(2.9, 2.2)):
-    rows, ncols = layer_grid(names)
+def grid_axes(names, size=(2.9, 2.2), flat_cols=None):
+    """One axis per weight: a row per block, or ``flat_cols`` weights per row."""
+    if flat_cols:
+        rows = [names[k:k + flat_cols] for k in range(0, len(names), flat_cols)]
+        ncols = min(flat_cols, len(names))
+    else:
+        rows, ncols = layer_grid(names)
     fig, axes = plt.subplots(len(rows), ncols, figsize=(size[0] * ncols, size[1] * len(rows)),
                              squeeze=False)
     where = {}
@@ -249,7 +255,7 @@ for name, ax in where.items():
         d = sub[sub.run == r].sort_values("step")
         ax.plot(d.step, d.eff_rank, color=colors[r], lw=1.3, marker=".", ms=3, label=f"run {r}")
     ax.set_title(f"{short(name)} {sf.shape(name) or ''}", fontsize=8)
-    ax.tick_params(labelsize=7)
+    ax.tick_params(which="both", labelsize=7)
 next(iter(where.values())).legend(fontsize=7)
 fig.supxlabel("step")
 fig.supylabel("effective rank")
@@ -306,7 +312,7 @@ for name, ax in where.items():
         if len(runs) > 1:
             ax.fill_between(mean.index, lo[c], hi[c], color=col, alpha=0.2, lw=0)
     ax.set_title(short(name), fontsize=8)
-    ax.tick_params(labelsize=7)
+    ax.tick_params(which="both", labelsize=7)
 next(iter(where.values())).legend(fontsize=7)
 fig.supxlabel("step")
 fig.supylabel("singular value")
@@ -341,7 +347,7 @@ for name, ax in where.items():
             S = np.sort(sf.spectrum(name, SV, r, i))[::-1]
             ax.semilogy(np.arange(1, S.size + 1), np.maximum(S, 1e-12), ls, color=colors[r], lw=1)
     ax.set_title(short(name), fontsize=8)
-    ax.tick_params(labelsize=7)
+    ax.tick_params(which="both", labelsize=7)
 fig.supxlabel("index (descending)")
 fig.supylabel("singular value")
 fig.suptitle("Singular values: first checkpoint dashed, last solid; colour = run", fontsize=9)
@@ -352,7 +358,7 @@ md += ["## Spectra at the first and last checkpoints", "", md_image(img_sv, "sin
 
 square = [n for n in layers if EIG in sf.analyses(n)]
 if square:
-    fig, where = grid_axes(square)
+    fig, where = grid_axes(square, flat_cols=5)
     for name, ax in where.items():
         for r in runs:
             i0, i1 = first_last(r)
@@ -362,7 +368,7 @@ if square:
                 mag = np.sort(np.abs(sf.spectrum(name, EIG, r, i)))[::-1]
                 ax.semilogy(np.arange(1, mag.size + 1), np.maximum(mag, 1e-12), ls, color=colors[r], lw=1)
         ax.set_title(short(name), fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(which="both", labelsize=7)
     fig.supxlabel("index (descending)")
     fig.supylabel("|eigenvalue|")
     fig.suptitle("Eigenvalue magnitudes of square weights: first dashed, last solid", fontsize=9)
