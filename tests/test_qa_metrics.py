@@ -1,0 +1,55 @@
+"""SQuAD v1.1 metric: hand-worked cases and bootstrap sanity checks."""
+import numpy as np
+import pytest
+
+from utils.qa_metrics import (bootstrap_ci, exact_match_score, f1_score, max_over_golds, normalize_answer,
+                              paired_bootstrap_ci, score_predictions)
+
+
+def test_normalize_articles_punctuation_whitespace():
+    assert normalize_answer("The  Cat, a dog & AN owl!") == "cat dog owl"
+    # articles only as whole words: "theatre", "anna", "an" inside words stay
+    assert normalize_answer("Theatre of Anna") == "theatre of anna"
+    assert normalize_answer("  U.S.A. ") == "usa"
+    assert normalize_answer("the") == ""
+
+
+def test_exact_match():
+    assert exact_match_score("The Eiffel Tower.", "eiffel tower") == 1.0
+    assert exact_match_score("Eiffel", "Eiffel Tower") == 0.0
+
+
+def test_f1_hand_worked():
+    # pred tokens {new, york, city}, gold {new, york}: P = 2/3, R = 1, F1 = 0.8
+    assert f1_score("New York City", "new york") == pytest.approx(0.8)
+    # repeated tokens count as a multiset: pred [a1 a1 a1], gold [a1 b]: common = 1, P = 1/3, R = 1/2
+    assert f1_score("paris paris paris", "paris london") == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+    # articles and punctuation ignored
+    assert f1_score("the answer, is", "an answer is") == pytest.approx(1.0)
+    assert f1_score("", "gold") == 0.0
+    assert f1_score("a", "the") == 0.0   # both normalise to empty: no common token
+
+
+def test_max_over_several_golds():
+    golds = ["Denver Broncos", "the Broncos", "Broncos team"]
+    assert max_over_golds(exact_match_score, "Broncos", golds) == 1.0
+    assert max_over_golds(f1_score, "Denver", golds) == pytest.approx(2 * 1 * 0.5 / 1.5)
+    s = score_predictions(["Broncos", "x"], [golds, ["y"]])
+    assert s["em"] == pytest.approx(50.0)
+    assert s["f1"] == pytest.approx(50.0)
+    with pytest.raises(ValueError):
+        score_predictions(["a"], [])
+
+
+def test_paired_bootstrap_matches_difference_and_brackets_it():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2, 300).astype(float)
+    b = a.copy()
+    b[:60] = 0
+    r = paired_bootstrap_ci(a, b, n_boot=1000, seed=1)
+    assert r["diff"] == pytest.approx(100 * (a.mean() - b.mean()))
+    assert r["lo"] <= r["diff"] <= r["hi"]
+    same = paired_bootstrap_ci(a, a, n_boot=200)
+    assert same["diff"] == same["lo"] == same["hi"] == 0.0
+    m, lo, hi = bootstrap_ci(a, n_boot=500)
+    assert lo <= m <= hi and m == pytest.approx(100 * a.mean())
