@@ -24,7 +24,7 @@ venv: $(VENV)/.stamp ## Create or refresh the virtual environment (.venv) with a
 run: $(VENV)/.stamp ## Main job: run every notebook on MODEL (default: bundled SmolLM2-135M) into output/
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  echo "==> $$nb"; \
-	  $(PY) -m utils.run_notebook $$nb --run-name $(RUN_NAME) -p model "$(MODEL)"; \
+	  $(PY) -m utils.run_notebook $$nb --run-name $(RUN_NAME) --model "$(MODEL)"; \
 	done; echo "reports: output/*/$(RUN_NAME)/report.md"
 
 test: $(VENV)/.stamp ## Run the test suite (unit tests, notebook smoke tests on tiny models, bundled-model checks)

@@ -26,10 +26,10 @@
 # step, the top singular values against step and the spectra at the first and last checkpoints.
 #
 # Set `merged_file` to look at an existing merged file (written here or elsewhere in the same
-# layout) instead of training; set `model` to a folder of saved checkpoints to record those.
+# layout) instead of training; set `checkpoints_dir` to a folder of saved checkpoints to record those.
 
 # %% tags=["parameters"]
-model: str = "tiny-gpt2"  # "tiny-gpt2" trains the GPT-2 config below from scratch; or a folder of saved checkpoints (HF checkpoint-*/ dirs or *.pt/*.safetensors files) to record as one run
+checkpoints_dir: str = ""  # empty: train the GPT-2 config below from scratch; or a folder of saved checkpoints (HF checkpoint-*/ dirs or *.pt/*.safetensors files) to record as one run
 run_name: str = "default"  # results go to output/<notebook>/<run_name>/
 output_root: str = "output"  # root folder for results
 merged_file: str = ""  # an existing merged spectral HDF5 file (seed layout) to plot instead of training
@@ -68,9 +68,9 @@ from utils.tiny_gpt import TinyGPTConfig, encode_bytes, make_tiny_gpt, offline_t
 if merged_file and not Path(merged_file).is_file():
     raise FileNotFoundError(f"merged_file={merged_file!r} does not exist: give the path of a merged "
                             "spectral HDF5 file, or leave it empty to train")
-if not merged_file and model != "tiny-gpt2" and not Path(model).is_dir():
-    raise ValueError(f"model={model!r}: this notebook trains 'tiny-gpt2' or records a folder of saved "
-                     "checkpoints; pass model='tiny-gpt2' or an existing checkpoint folder")
+if not merged_file and checkpoints_dir and not Path(checkpoints_dir).is_dir():
+    raise FileNotFoundError(f"checkpoints_dir={checkpoints_dir!r} is not a folder: give a folder of saved "
+                            "checkpoints, or leave it empty to train the small GPT-2")
 for _name, _val in dict(n_runs=n_runs, n_steps=n_steps, record_every=record_every, top_k=top_k,
                         n_threads=n_threads).items():
     if int(_val) < 1:
@@ -81,7 +81,7 @@ cfg = TinyGPTConfig(n_layer=n_layer, n_embd=n_embd, n_head=n_head, block_size=bl
 cfg.validate()
 torch.set_num_threads(n_threads)
 
-params = dict(model=model, run_name=run_name, output_root=output_root, merged_file=merged_file,
+params = dict(checkpoints_dir=checkpoints_dir, run_name=run_name, output_root=output_root, merged_file=merged_file,
               n_runs=n_runs, seed=seed, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
               block_size=block_size, batch_size=batch_size, n_steps=n_steps, lr=lr,
               record_every=record_every, text_chars=text_chars, top_k=top_k, n_threads=n_threads)
@@ -104,12 +104,12 @@ train_rows = []
 if merged_file:
     merged_path = Path(merged_file)
     source_note = f"Existing merged file `{merged_path}` (nothing trained in this run)."
-elif model != "tiny-gpt2":
+elif checkpoints_dir:
     with run.timer("record_checkpoints"):
         p = run.path("run_checkpoints.h5")
-        record_checkpoint_dir(model, p)
+        record_checkpoint_dir(checkpoints_dir, p)
         run_files.append(p)
-    source_note = f"Checkpoints recorded from `{model}`."
+    source_note = f"Checkpoints recorded from `{checkpoints_dir}`."
 else:
     with run.timer("load_text"):
         text, text_info = offline_text(text_chars)
@@ -140,6 +140,8 @@ if run_files:
     merged_path = run.path("merged_spectra.h5")
     with run.timer("merge"):
         merge_runs(run_files, merged_path, overwrite=True)
+    for f in run_files + [merged_path]:
+        run.register(f.name)
 print(source_note)
 
 # %% [markdown]

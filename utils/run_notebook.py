@@ -125,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run-name", default="default", help="results go to <output-root>/<notebook>/<run-name>/")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="set a parameter (repeatable); values are Python literals or plain strings")
+    ap.add_argument("--model", default=None,
+                    help="set the `model` parameter, for notebooks that have one (others ignore it)")
     ap.add_argument("--output-root", default=str(REPO_ROOT / "output"))
     ap.add_argument("--list-params", action="store_true", help="print the notebook's parameters and exit")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
@@ -137,6 +139,11 @@ def main(argv=None) -> int:
             print(md_table(["parameter", "type", "default", "help"], rows))
             return 0
         params = {k: parse_value(v) for k, v in a.param}
+        if a.model is not None:
+            if any(p["name"] == "model" for p in list_params(a.notebook)):
+                params.setdefault("model", a.model)
+            else:
+                print(f"note: {find_notebook(a.notebook).stem} takes no `model` parameter; --model ignored")
         run_dir = execute(a.notebook, a.run_name, params, a.output_root, timeout=a.timeout)
     except NotebookFailed as e:
         print(f"FAILED: {e}", file=sys.stderr)

@@ -32,6 +32,12 @@ from typing import Any, Iterator
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
+def _umask_mode(mode: int = 0o666) -> int:
+    um = os.umask(0)
+    os.umask(um)
+    return mode & ~um
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temp file in the same folder and a rename."""
     path = Path(path)
@@ -40,6 +46,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -64,6 +71,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -158,6 +166,12 @@ class Run:
             self.files.append(name)
         self._write_record()
         return self.dir / name
+
+    def register(self, name: str) -> Path:
+        """Record a file that was written into the run folder by other means (h5py, torch.save)."""
+        if not (self.dir / name).exists():
+            raise FileNotFoundError(f"{self.dir / name} does not exist; write it before registering it")
+        return self._saved(name)
 
     def save_text(self, text: str, name: str) -> Path:
         atomic_write_text(self.dir / name, text)
