@@ -257,6 +257,12 @@ def test_bundled_model_matches_dense(bundled_gguf):
     X, Y, kv = ov_factors(src.layer_weight(D.L - 1, "v", torch.float64), src.layer_weight(D.L - 1, "o", torch.float64),
                           D.h, D.n_kv, D.d_head)
     assert_matches_dense(_row(sw, "ov", 1), X, Y, kv, heads=[D.h - 1])
+    # the seed's float32 dense eig on a real head: noise eigenvalues inflate its complex count
+    X, Y, kv = qk_factors(src.layer_weight(D.L - 1, "q"), src.layer_weight(D.L - 1, "k"), D.h, D.n_kv, D.d_head)
+    o32 = dense_kernel_oracle(X[0], Y[0], dtype=torch.float32)
+    seed_complex = int((np.abs(o32["eig"].imag) > 1e-6).sum())
+    exact_complex = int(_row(sw, "qk", 1).complex_mask()[0].sum())
+    assert seed_complex > exact_complex + 10 and np.abs(o32["eig"][D.d_head:]).max() < 1e-5 * np.abs(o32["eig"][0])
 
 
 # ---------------------------------------------------------------------------------------
