@@ -183,6 +183,11 @@ def test_sweep_and_qk_singular_values_on_random_source():
     assert df["kv_head"].tolist()[:4] == [0, 0, 1, 1]
     np.testing.assert_allclose(df["eff_rank"].to_numpy().reshape(3, 4), effective_rank(S))
     np.testing.assert_allclose(df["op_norm"].to_numpy().reshape(3, 4), S[..., 0])
+    sub = sweep_attention(src, layers=[2, -3], circuits=("qk",), progress=False)
+    assert sub.layers == [2, 0] and sub.to_frame()["layer"].tolist() == [2] * 4 + [0] * 4
+    np.testing.assert_allclose(sub.sv["qk"], S[[2, 0]], rtol=1e-12)
+    with pytest.raises(IndexError, match=r"\[5\] are out of range.*L=3"):
+        sweep_attention(src, layers=[0, 5], progress=False)
     with pytest.raises(IndexError, match="L=3"):
         src.layer_weight(3, "q")
 

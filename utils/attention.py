@@ -378,12 +378,17 @@ def layer_attention_spectra(src, layer: int, circuits: Iterable[str] = CIRCUITS,
 
 @dataclass
 class AttentionSweep:
-    """Spectra of every layer and head: arrays (L, h, r) per circuit, plus the model's dims."""
+    """Spectra of every layer and head: arrays (L, h, r) per circuit, plus the model's dims.
+
+    ``L`` is the number of layers swept and ``layers`` their indices in the model (row j of every
+    array is model layer ``layers[j]``).
+    """
     L: int
     d: int
     h: int
     n_kv: int
     d_head: int
+    layers: list = field(default_factory=list)
     sv: dict[str, np.ndarray] = field(default_factory=dict)       # circuit -> (L, h, r) float64
     eig: dict[str, np.ndarray] = field(default_factory=dict)      # circuit -> (L, h, r) complex128
     fro2: dict[str, np.ndarray] = field(default_factory=dict)     # circuit -> (L, h)
@@ -401,7 +406,8 @@ class AttentionSweep:
         import pandas as pd
 
         L, h = self.L, self.h
-        cols = {"layer": np.repeat(np.arange(L), h), "head": np.tile(np.arange(h), L),
+        layer_ids = np.asarray(self.layers if len(self.layers) == L else range(L))
+        cols = {"layer": np.repeat(layer_ids, h), "head": np.tile(np.arange(h), L),
                 "kv_head": np.tile(kv_head_index(h, self.n_kv), L)}
         for c in self.sv:
             pre = "" if c == "qk" else f"{c}_"
@@ -420,9 +426,14 @@ def sweep_attention(src, circuits: Iterable[str] = CIRCUITS, layers: Iterable[in
     """
     L, d, h, n_kv, r = _dims(src)
     circuits = tuple(circuits)
-    layers = list(range(L)) if layers is None else [int(i) % L for i in layers]
+    layers = list(range(L)) if layers is None else [int(i) for i in layers]
+    bad = [i for i in layers if not -L <= i < L]
+    if bad:
+        raise IndexError(f"layer indices {bad} are out of range: the model has L={L} layers "
+                         f"(valid 0..{L - 1}, or negative from the end)")
+    layers = [i % L for i in layers]
     n = len(layers)
-    sw = AttentionSweep(L=n, d=d, h=h, n_kv=n_kv, d_head=r)
+    sw = AttentionSweep(L=n, d=d, h=h, n_kv=n_kv, d_head=r, layers=layers)
     for c in circuits:
         sw.sv[c] = np.zeros((n, h, r))
         sw.eig[c] = np.zeros((n, h, r), complex)
