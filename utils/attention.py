@@ -101,8 +101,8 @@ def _small_lapack_threads(device: torch.device) -> Iterator[None]:
 
     Multi-threaded MKL on 128 x 128 eigenproblems was 5-100x *slower* than one thread on the
     2-core, shared development machine (thread start-up and oversubscription), and the batched
-    thin QRs were 3x slower, so the per-head work runs single-threaded (measured in
-    bench/bench_attention.py). The previous thread count is restored afterwards.
+    thin QRs were 3x slower, so each LAPACK call runs single-threaded and the heads are split over
+    worker threads instead (see ``_factored``). The previous thread count is restored afterwards.
     """
     if device.type != "cpu":
         yield
@@ -148,7 +148,11 @@ class KernelSpectra:
 
     @property
     def asymmetry(self) -> np.ndarray:
-        """||A - A^T||_F / ||A||_F = 2 sqrt(1 - symmetry), in [0, 2] (the seed's asymmetry)."""
+        """||A - A^T||_F / ||A||_F = 2 sqrt(1 - symmetry), in [0, 2] (the seed's asymmetry).
+
+        From traces, so a kernel within ~1e-8 of symmetric reads as ~1e-8 (rounding in 1 - symmetry);
+        anything above that is accurate to ~1e-15 relative.
+        """
         return 2.0 * np.sqrt(1.0 - self.symmetry)
 
     def complex_mask(self, rtol: float = COMPLEX_RTOL) -> np.ndarray:
