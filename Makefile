@@ -39,7 +39,7 @@ sync: $(VENV)/.stamp ## Generate / update the paired .ipynb next to each noteboo
 lab: ## Open JupyterLab on notebooks/ (installs jupyterlab on first use; .py <-> .ipynb pairing active)
 	EXTRAS=test,lab PYTHON=$(PYTHON) bash scripts/setup_env.sh
 	$(MAKE) sync
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) notebooks/
 
 clean: ## Remove generated notebooks and caches (keeps output/ and .venv)
 	rm -f notebooks/*.ipynb
