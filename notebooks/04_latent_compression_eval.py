@@ -41,12 +41,13 @@ run_name: str = "default"  # results go to output/<notebook>/<run_name>/
 output_root: str = "output"  # root folder for results
 data: str = "synthetic"  # "synthetic", a SQuAD v1.1/v2.0 JSON path, or "hub:<dataset name>" (needs `datasets` + network)
 n_eval: int = 48  # evaluation questions, one per context (200 or more supported for SQuAD files)
-n_train_paragraphs: int = 400  # synthetic training paragraphs (each gives 4-6 questions)
+n_train_paragraphs: int = 200  # synthetic training paragraphs (each gives 4-6 questions)
 max_train_questions: int = 2000  # cap on training questions (SQuAD: taken from contexts not in the eval set)
 seed: int = 0  # data split, synthetic generation and training seed
 M: int = 16  # vectors (or tokens for token_budget) that replace the context
-system_prompt: str = "Answer with only the exact words from the context that answer the question, one to three words, not a sentence."  # shared scaffold
-anchor_text: str = "Answer:"  # anchor of the `anchor` mode
+system_prompt: str = "Extract the answer from the context. Reply with the answer words only.\nExample: Context: Tom Hill lives in Rome. Ada Park plays the flute every evening.\nQuestion: Which instrument does Ada Park play?\nAnswer: flute"  # shared scaffold, one-shot
+anchor_text: str = "Answer:"  # anchor string before the answer in the `anchor` mode
+anchor_all: bool = True  # also anchor token_budget, mean_pool, adapter and latent (same answer format as `anchor`)
 max_new_tokens: int = 8  # greedy decoding length
 eval_batch_size: int = 16  # batch size of every mode (equal for the timing comparison)
 train_budget_s: float = 450.0  # wall-clock budget of the latent encoder training (seconds)
@@ -109,7 +110,7 @@ if not (data == "synthetic" or data.startswith("hub:") or Path(data).is_file()):
 
 params = dict(model=model, run_name=run_name, output_root=output_root, data=data, n_eval=n_eval,
               n_train_paragraphs=n_train_paragraphs, max_train_questions=max_train_questions, seed=seed, M=M,
-              system_prompt=system_prompt, anchor_text=anchor_text, max_new_tokens=max_new_tokens,
+              system_prompt=system_prompt, anchor_text=anchor_text, anchor_all=anchor_all, max_new_tokens=max_new_tokens,
               eval_batch_size=eval_batch_size, train_budget_s=train_budget_s, adapter_budget_s=adapter_budget_s,
               max_steps=max_steps, train_batch_size=train_batch_size, lr=lr, hidden_layer=hidden_layer, d_enc=d_enc,
               enc_layers=enc_layers, w_tf=w_tf, w_first=w_first, w_kce=w_kce, K=K, w_kd=w_kd,
@@ -201,8 +202,9 @@ def dev_check(kind):
     def cb(step, comp):
         with torch.no_grad():
             vecs = comp.context_vectors(llm)([e.context for e in enc_dev])
-            prompts = [[e.pre, v, e.post] for e, v in zip(enc_dev, vecs)]
-            lg, tg, va = LT.answer_logits(llm, prompts, [e.answer for e in enc_dev], tok.pad_token_id)
+            prompts = [[e.pre, v, e.post] + ([e.anchor] if anchor_all else []) for e, v in zip(enc_dev, vecs)]
+            lg, tg, va = LT.answer_logits(llm, prompts, [e.answer_anchored if anchor_all else e.answer
+                                                         for e in enc_dev], tok.pad_token_id)
             lp = torch.log_softmax(lg, -1)
             nll = -(lp.gather(-1, tg.unsqueeze(-1)).squeeze(-1) * va).sum() / va.sum()
             acc = float(((lg[:, 0].argmax(-1) == tg[:, 0]) & va[:, 0]).float().mean())
@@ -218,7 +220,7 @@ run.path("metrics_history.jsonl").unlink(missing_ok=True)
 common = dict(M=M, d_enc=d_enc, n_layers=enc_layers, hidden_layer=hidden_layer, lr=lr, batch_size=train_batch_size,
               max_steps=max_steps, w_tf=w_tf, w_first=w_first, w_kce=w_kce, K=K, w_kd=w_kd,
               kd_temperature=kd_temperature, w_entropy=w_entropy, w_salience=w_salience,
-              salience_pretrain_steps=salience_pretrain_steps, seed=seed, bf16=bf16, device=device,
+              salience_pretrain_steps=salience_pretrain_steps, seed=seed, bf16=bf16, device=device, anchored=anchor_all,
               max_context_tokens=max(1024, int(max(x.context.shape[0] for x in enc_train + enc_eval)) + 1))
 cfg_lat = TR.TrainConfig(kind="latent", time_budget_s=train_budget_s, **common)
 cfg_ad = TR.TrainConfig(kind="adapter", time_budget_s=adapter_budget_s, **common)
@@ -228,12 +230,22 @@ comp_ad = TR.Compressor(d_model, cfg_ad, target_rms).to(device)
 
 with run.timer("train_latent"):
     t0 = time.perf_counter()
-    train_hidden = TR.cache_hidden_states(llm, [e.context for e in enc_train], hidden_layer, batch_size=16,
-                                          progress=lambda it: tqdm(it, desc="caching hidden states"))
+    # hidden states and salience labels once per distinct training context
+    uniq = list(dict.fromkeys(x.context for x in train_ex))
+    first_enc = {}
+    for x, e in zip(train_ex, enc_train):
+        first_enc.setdefault(x.context, e.context)
+    hid_u = TR.cache_hidden_states(llm, [first_enc[c] for c in uniq], hidden_layer, batch_size=16,
+                                   progress=lambda it: tqdm(it, desc="caching hidden states"))
+    hid_by_ctx = dict(zip(uniq, hid_u))
     cache_s = time.perf_counter() - t0
-    train_labels = [TR.salience_labels(tok, ex.context, e.context, ex.paragraph_answers,
-                                       [q.question for q in train_ex if q.context == ex.context])
-                    for ex, e in zip(train_ex, enc_train)]
+    qs_by_ctx, ans_by_ctx = {}, {}
+    for x in train_ex:
+        qs_by_ctx.setdefault(x.context, []).append(x.question)
+        ans_by_ctx.setdefault(x.context, set()).update(x.paragraph_answers or x.answers)
+    lab_by_ctx = {c: TR.salience_labels(tok, c, first_enc[c], sorted(ans_by_ctx[c]), qs_by_ctx[c]) for c in uniq}
+    train_hidden = [hid_by_ctx[x.context] for x in train_ex]
+    train_labels = [lab_by_ctx[x.context] for x in train_ex]
     cfg_lat.time_budget_s = max(0.0, train_budget_s - (time.perf_counter() - t0))
     rec_lat = TR.train_compressor(llm, tok, comp_lat, cfg_lat, enc_train, train_hidden, train_labels,
                                   diagnostics_path=run.path("train_diagnostics_latent.jsonl"),
@@ -266,13 +278,15 @@ print(train_summary)
 
 # %%
 results = {}
+COMPRESSED = ("token_budget", "mean_pool", "adapter", "latent")
 ctx_fns = {"latent": comp_lat.context_vectors(llm), "adapter": comp_ad.context_vectors(llm)}
 golds = [e.answers for e in eval_ex]
 with run.timer("evaluate"):
     for mode in LT.MODES:
         r = LT.evaluate_mode(mode, llm, tok, scaffold, enc_eval, M, target_rms, batch_size=eval_batch_size,
                              max_new_tokens=max_new_tokens, context_vectors=ctx_fns.get(mode),
-                             progress=lambda it, m=mode: tqdm(it, desc=m))
+                             progress=lambda it, m=mode: tqdm(it, desc=m),
+                             anchored=(mode == "anchor") or (anchor_all and mode in COMPRESSED))
         r["scores"] = score_predictions(r["predictions"], golds)
         results[mode] = r
         rec = {"phase": "eval", "mode": mode, "f1": r["scores"]["f1"], "em": r["scores"]["em"],
@@ -293,19 +307,22 @@ for i, mode in enumerate(LT.MODES):
     emm, emlo, emhi = bootstrap_ci(sc["em_per"], n_boot=n_boot, seed=seed)
     dF1 = paired_bootstrap_ci(sc["f1_per"], text_f1, n_boot=n_boot, seed=seed)
     dEM = paired_bootstrap_ci(sc["em_per"], text_em, n_boot=n_boot, seed=seed)
+    dF1a = paired_bootstrap_ci(sc["f1_per"], results["anchor"]["scores"]["f1_per"], n_boot=n_boot, seed=seed)
     first_ids = [g[0] if g else -1 for g in r["generated_ids"]]
     div = LT.diversity_stats(first_ids, r["predictions"], tok)
     nvec = np.array(r["n_prompt_vectors"])
     ctx = np.array(r["n_context_tokens"])
     m = {"em": emm, "em_ci": [emlo, emhi], "f1": f1m, "f1_ci": [f1lo, f1hi],
-         "delta_f1_vs_text": dF1, "delta_em_vs_text": dEM,
+         "delta_f1_vs_text": dF1, "delta_em_vs_text": dEM, "delta_f1_vs_anchor": dF1a,
+         "anchored": bool(r["anchored"]),
          "first_token_top1": 100 * float(np.mean(r["first_top1"])), "first_token_top5": 100 * float(np.mean(r["first_top5"])),
          "gold_nll": float(np.nanmean(r["gold_nll"])), "context_slot_mean": float(nvec.mean()),
          "compression_ratio": float(np.mean(ctx / np.maximum(nvec, 1))), "seconds": r["seconds"],
          "examples_per_s": r["examples_per_s"], **div}
     metrics["modes"][mode] = m
-    rows.append([mode, f"{nvec.mean():.1f}", f"{m['compression_ratio']:.2f}", f"{emm:.1f} [{emlo:.1f}, {emhi:.1f}]",
+    rows.append([mode + (" (+anchor)" if r["anchored"] and mode != "anchor" else ""), f"{nvec.mean():.1f}", f"{m['compression_ratio']:.2f}", f"{emm:.1f} [{emlo:.1f}, {emhi:.1f}]",
                  f"{f1m:.1f} [{f1lo:.1f}, {f1hi:.1f}]", f"{dF1['diff']:+.1f} [{dF1['lo']:+.1f}, {dF1['hi']:+.1f}]",
+                 f"{dF1a['diff']:+.1f} [{dF1a['lo']:+.1f}, {dF1a['hi']:+.1f}]",
                  f"{m['first_token_top1']:.1f} / {m['first_token_top5']:.1f}", f"{m['gold_nll']:.2f}",
                  f"{r['seconds']:.1f}", f"{r['examples_per_s']:.2f}", div["distinct_first_tokens"],
                  "yes" if div["collapsed"] else "no"])
@@ -332,6 +349,7 @@ for i, e in enumerate(eval_ex):
                           "context_slot": r["n_prompt_vectors"][i]})
 run.save_jsonl(pred_rows, "predictions.jsonl")
 table = md_table(["mode", "slot", "compr.", "EM [95% CI]", "F1 [95% CI]", "ΔF1 vs text [paired CI]",
+                  "ΔF1 vs anchor [paired CI]",
                   "first tok top1/top5 %", "gold NLL", "wall s", "ex/s", "distinct 1st tok", "collapse"], rows)
 print(table)
 
@@ -409,9 +427,10 @@ md = [f"# 04 · Latent compression on `{data}` with `{model}`", "",
       "against `text` on the same questions; first-token accuracy and gold NLL (nats per answer token, first gold "
       "answer) are teacher-forced with the same masks and positions as generation; wall s: prompt building, encoder "
       f"(and the LM pass feeding it) and greedy generation of {max_new_tokens} tokens at batch size {eval_batch_size}.", "",
-      "Note: the trained modes (`adapter`, `latent`) also learn the *answer format* (short spans) from the "
-      "training losses, while `text`, `anchor`, `token_budget` and `mean_pool` rely on the instruction only. "
-      "`adapter` is the control for that: it gets the same losses and format signal with no access to content "
+      ("The compressed modes are marked (+anchor): they end with the same anchor as `anchor`, so `anchor` is their "
+       "full-context reference and all of them answer in the same format. " if anchor_all else "")
+      + "The trained modes (`adapter`, `latent`) can also learn the *answer format* (short spans) from the "
+      "training losses; `adapter` is the control for that: the same losses and format signal with no content "
       "beyond the mean-pooled chunks.", "",
       md_image(img_f1, "F1 by mode"), "",
       "## Training", "",

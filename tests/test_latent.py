@@ -170,3 +170,18 @@ def test_notebook_rejects_bad_data_path(tiny_llama_dir, tmp_path):
 
     with pytest.raises(NotebookFailed, match="neither 'synthetic'"):
         run_notebook_smoke("04_latent_compression_eval", dict(model=str(tiny_llama_dir), data="nope.json"), tmp_path)
+
+
+def test_anchor_never_appended_twice(tiny):
+    model, tok, sc, ex, enc = tiny
+    p = LT.build_prompts("anchor", enc[:1], sc, model, 4, 1.0, anchored=True)[0]
+    assert sum(1 for s in p if torch.equal(s, sc.anchor_ids)) == 1
+    # a scaffold whose assistant turn already ends with the anchor gets no second one
+    class NoTemplate:
+        chat_template = None
+        bos_token = None
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+    s2 = LT.make_scaffold(NoTemplate(), anchor="Answer:")
+    assert s2.anchor == "" and s2.anchor_ids.numel() == 0

@@ -137,6 +137,8 @@ def make_scaffold(tokenizer, system_prompt: str = "Answer the question with a sh
     pre_ids = encode(tokenizer, pre)
     if bos and not pre.startswith(bos) and getattr(tokenizer, "add_bos_token", False):
         pre_ids = torch.cat([torch.tensor([tokenizer.bos_token_id]), pre_ids])
+    if anchor and qb.rstrip().endswith(anchor.strip()):
+        anchor = ""  # the scaffold already ends with the anchor: never append it twice
     return Scaffold(tokenizer, pre_ids, (qa, qb), anchor, encode(tokenizer, anchor) if anchor else
                     torch.zeros(0, dtype=torch.long))
 
@@ -149,6 +151,7 @@ class EncodedExample:
     post: torch.Tensor
     answer: torch.Tensor            # first gold answer, plain continuation
     answer_anchored: torch.Tensor   # first gold answer after the anchor
+    anchor: torch.Tensor            # the scaffold's anchor ids
 
 
 def encode_examples(scaffold: Scaffold, examples, max_context_tokens: int | None = None) -> list[EncodedExample]:
@@ -159,7 +162,8 @@ def encode_examples(scaffold: Scaffold, examples, max_context_tokens: int | None
         if max_context_tokens:
             ctx = ctx[:max_context_tokens]
         out.append(EncodedExample(scaffold.pre_ids, ctx, scaffold.post_ids(e.question),
-                                  scaffold.answer_ids(e.answers[0]), scaffold.answer_ids(e.answers[0], True)))
+                                  scaffold.answer_ids(e.answers[0]), scaffold.answer_ids(e.answers[0], True),
+                                  scaffold.anchor_ids))
     return out
 
 
@@ -341,20 +345,26 @@ def pad_right(seqs: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, 
 
 
 def build_prompts(mode: str, encoded: Sequence[EncodedExample], scaffold: Scaffold, model, M: int,
-                  target_rms: float, context_vectors: Callable | None = None) -> list[list[torch.Tensor]]:
+                  target_rms: float, context_vectors: Callable | None = None,
+                  anchored: bool | None = None) -> list[list[torch.Tensor]]:
     """Segment lists for ``mode`` (see module docstring).
+
+    ``anchored`` appends the anchor ids after the question (default: only in the ``anchor`` mode;
+    the notebook can anchor the compressed modes too so that every compared mode answers in the
+    same format).
 
     ``context_vectors(list of ctx ids) -> list of (M, d)`` supplies the vectors of the
     ``adapter`` and ``latent`` modes (trained components, see :mod:`utils.latent_train`).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
-    if mode in ("text", "text_embed"):
-        return [[e.pre, e.context, e.post] for e in encoded]
-    if mode == "anchor":
-        return [[e.pre, e.context, e.post, scaffold.anchor_ids] for e in encoded]
+    if anchored is None or mode == "anchor":
+        anchored = anchored or mode == "anchor"
+    tail = [scaffold.anchor_ids] if anchored and scaffold.anchor_ids.numel() else []
+    if mode in ("text", "text_embed", "anchor"):
+        return [[e.pre, e.context, e.post] + tail for e in encoded]
     if mode == "token_budget":
-        return [[e.pre, e.context[:M], e.post] for e in encoded]
+        return [[e.pre, e.context[:M], e.post] + tail for e in encoded]
     if mode == "mean_pool":
         vecs = mean_pool_vectors(model, [e.context for e in encoded], M, target_rms)
     else:
@@ -362,7 +372,7 @@ def build_prompts(mode: str, encoded: Sequence[EncodedExample], scaffold: Scaffo
             raise ValueError(f"mode {mode!r} needs trained context_vectors (train the encoder first)")
         with torch.no_grad():
             vecs = context_vectors([e.context for e in encoded])
-    return [[e.pre, v, e.post] for e, v in zip(encoded, vecs)]
+    return [[e.pre, v, e.post] + tail for e, v in zip(encoded, vecs)]
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -395,7 +405,8 @@ def diversity_stats(first_tokens: Sequence[int], predictions: Sequence[str], tok
 
 def evaluate_mode(mode: str, model, tokenizer, scaffold: Scaffold, encoded: Sequence[EncodedExample],
                   M: int, target_rms: float, batch_size: int = 8, max_new_tokens: int = 12,
-                  context_vectors: Callable | None = None, progress: Callable | None = None) -> dict:
+                  context_vectors: Callable | None = None, progress: Callable | None = None,
+                  anchored: bool | None = None) -> dict:
     """Generate and score every example in ``mode``.
 
     Returns per-example lists: ``predictions`` (str), ``generated_ids``, ``first_top1`` /
@@ -404,7 +415,9 @@ def evaluate_mode(mode: str, model, tokenizer, scaffold: Scaffold, encoded: Sequ
     (what replaced the context), and wall-clock ``seconds`` (prompt building, encoder included,
     generation; scoring excluded) and ``examples_per_s``.
     """
-    anchored = mode == "anchor"
+    if anchored is None or mode == "anchor":
+        anchored = anchored or mode == "anchor"
+    anchored = anchored and scaffold.anchor_ids.numel() > 0
     as_embeds = mode in EMBED_MODES
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
@@ -414,7 +427,7 @@ def evaluate_mode(mode: str, model, tokenizer, scaffold: Scaffold, encoded: Sequ
     for s in (progress(it) if progress else it):
         chunk = encoded[s:s + batch_size]
         t0 = time.perf_counter()
-        prompts = build_prompts(mode, chunk, scaffold, model, M, target_rms, context_vectors)
+        prompts = build_prompts(mode, chunk, scaffold, model, M, target_rms, context_vectors, anchored)
         batch, _ = assemble(model, prompts, pad_id, as_embeds)
         g, _first = greedy_generate(model, batch, max_new_tokens, eos)
         gen_seconds += time.perf_counter() - t0
@@ -433,7 +446,7 @@ def evaluate_mode(mode: str, model, tokenizer, scaffold: Scaffold, encoded: Sequ
             gens.append(ids)
             preds.append(decode_answer(tokenizer, ids, scaffold.anchor if anchored else ""))
             nvec.append(sum(x.shape[0] for x in prompts[b][1:2]))
-    return {"mode": mode, "predictions": preds, "generated_ids": gens, "first_top1": top1, "first_top5": top5,
+    return {"mode": mode, "anchored": anchored, "predictions": preds, "generated_ids": gens, "first_top1": top1, "first_top5": top5,
             "gold_nll": nll, "n_context_tokens": [int(e.context.shape[0]) for e in encoded],
             "n_prompt_vectors": nvec, "seconds": gen_seconds,
             "examples_per_s": len(encoded) / gen_seconds if gen_seconds > 0 else float("nan")}

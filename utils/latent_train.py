@@ -63,6 +63,7 @@ class TrainConfig:
     w_salience: float = 1.0         # salience BCE (latent only)
     salience_pretrain_steps: int = 200  # cheap salience-only steps on cached features before LM steps
     grad_clip: float = 1.0
+    anchored: bool = False          # prompts end with the scaffold's anchor (answers after it)
     seed: int = 0
     bf16: bool = False              # autocast the frozen LM in bfloat16 (GPU)
     device: str = "cpu"
@@ -179,14 +180,22 @@ def salience_labels(tokenizer, context: str, ctx_ids: torch.Tensor, answers: Seq
     (stopwords excluded) about this paragraph, else 0. Uses the decoded pieces' words."""
     words = {w.lower() for t in list(answers) + list(questions) for w in _WORD.findall(t)} - _STOP
     lab = torch.zeros(ctx_ids.shape[0])
-    # map each token to the word it lies in by walking the decoded prefix
-    text_so_far = ""
-    starts = []
-    for i in range(ctx_ids.shape[0]):
-        starts.append(len(text_so_far))
-        text_so_far = tokenizer.decode(ctx_ids[:i + 1].tolist())
+    starts = ends = None
+    try:  # fast tokenizers give character offsets directly
+        enc = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+        if enc["input_ids"][:ctx_ids.shape[0]] == ctx_ids.tolist():
+            starts = [a for a, _ in enc["offset_mapping"][:ctx_ids.shape[0]]]
+            ends = [b for _, b in enc["offset_mapping"][:ctx_ids.shape[0]]]
+            text_so_far = context
+    except (NotImplementedError, TypeError, ValueError, KeyError):
+        pass
+    if starts is None:  # map each token to characters by walking the decoded prefix
+        text_so_far, starts = "", []
+        for i in range(ctx_ids.shape[0]):
+            starts.append(len(text_so_far))
+            text_so_far = tokenizer.decode(ctx_ids[:i + 1].tolist())
+        ends = starts[1:] + [len(text_so_far)]
     spans = [(m.start(), m.end(), m.group().lower()) for m in _WORD.finditer(text_so_far)]
-    ends = starts[1:] + [len(text_so_far)]
     for i, (a, b) in enumerate(zip(starts, ends)):
         for (s, e, w) in spans:
             if s < b and a < e and w in words:
@@ -215,8 +224,9 @@ def compute_losses(llm, comp: Compressor, cfg: TrainConfig, batch: Sequence[Enco
                    pad_id: int, teacher_cache: dict | None = None) -> tuple[torch.Tensor, dict]:
     """Weighted training loss on one batch and its parts (floats) plus first-token diagnostics."""
     vecs, sal = comp(llm, [e.context for e in batch], hidden)
-    prompts = [[e.pre, v, e.post] for e, v in zip(batch, vecs)]
-    answers = [e.answer for e in batch]
+    tail = (lambda e: [e.anchor]) if cfg.anchored else (lambda e: [])
+    prompts = [[e.pre, v, e.post] + tail(e) for e, v in zip(batch, vecs)]
+    answers = [e.answer_anchored if cfg.anchored else e.answer for e in batch]
     ac = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.bf16 and torch.cuda.is_available()) else _null()
     with ac:
         lg, tg, va = answer_logits(llm, prompts, answers, pad_id, as_embeds=True)
@@ -232,7 +242,7 @@ def compute_losses(llm, comp: Compressor, cfg: TrainConfig, batch: Sequence[Enco
     parts["kce"] = (nll[:, :K] * vk).sum() / vk.sum().clamp(min=1)
     if cfg.w_kd > 0:
         with torch.no_grad(), ac:
-            tlg, _, _ = answer_logits(llm, [[e.pre, e.context, e.post] for e in batch], answers, pad_id,
+            tlg, _, _ = answer_logits(llm, [[e.pre, e.context, e.post] + tail(e) for e in batch], answers, pad_id,
                                       k=K, as_embeds=False)
         tau = cfg.kd_temperature
         kk = min(K, tlg.shape[1], lg.shape[1])
@@ -339,7 +349,7 @@ def train_step(llm, comp, opt, cfg, batch, hidden, labels, pad_id) -> dict:
     gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     opt.step()
     comp.eval()
-    diag.update(loss=float(total), grad_norm=float(gn))
+    diag.update(loss=float(total.detach()), grad_norm=float(gn))
     return diag
 
 
