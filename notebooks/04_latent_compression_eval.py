@@ -40,7 +40,7 @@ model: str = "smollm2"  # bundled default, or a .gguf path, an HF checkpoint dir
 run_name: str = "default"  # results go to output/<notebook>/<run_name>/
 output_root: str = "output"  # root folder for results
 data: str = "synthetic"  # "synthetic", a SQuAD v1.1/v2.0 JSON path, or "hub:<dataset name>" (needs `datasets` + network)
-n_eval: int = 48  # evaluation questions, one per context (200 or more supported for SQuAD files)
+n_eval: int = 150  # evaluation questions, one per context (200 or more supported for SQuAD files)
 n_train_paragraphs: int = 200  # synthetic training paragraphs (each gives 4-6 questions)
 max_train_questions: int = 2000  # cap on training questions (SQuAD: taken from contexts not in the eval set)
 seed: int = 0  # data split, synthetic generation and training seed
@@ -54,7 +54,8 @@ train_budget_s: float = 450.0  # wall-clock budget of the latent encoder trainin
 adapter_budget_s: float = 120.0  # wall-clock budget of the mean_pool adapter training (seconds)
 max_steps: int = 100000  # LM-loss steps cap per trained component (the budget usually stops first)
 train_batch_size: int = 8  # training batch size
-lr: float = 0.002  # AdamW learning rate
+lr: float = 0.0001  # AdamW learning rate of the LM-loss phase (encoder and adapters)
+salience_lr: float = 0.002  # learning rate of the salience pre-training
 hidden_layer: int = 8  # frozen-LM layer whose hidden states feed the encoder
 d_enc: int = 256  # encoder width
 enc_layers: int = 1  # encoder transformer layers
@@ -62,11 +63,11 @@ w_tf: float = 1.0  # weight: teacher-forced answer cross-entropy
 w_first: float = 1.0  # weight: first-token cross-entropy
 w_kce: float = 0.5  # weight: cross-entropy over the first K answer tokens
 K: int = 4  # K of the first-K CE and the distillation
-w_kd: float = 0.5  # weight: KL(teacher, student) distillation, teacher = the LM reading the text
+w_kd: float = 0.5  # weight: KL(teacher, student) distillation, the teacher is the LM reading the text
 kd_temperature: float = 2.0  # distillation temperature
 w_entropy: float = 0.1  # weight: minus entropy of the batch-mean first-token distribution
-w_salience: float = 1.0  # weight: salience BCE (answer / question words of the training paragraph)
-salience_pretrain_steps: int = 200  # cheap salience-only steps on cached hidden states
+w_salience: float = 1.0  # weight: salience BCE, soft labels 1 for answer words and 0.5 for question words of the training paragraph
+salience_pretrain_steps: int = 400  # cheap salience-only steps on cached hidden states
 history_every: int = 20  # steps between dev-set first-token checks (metrics_history.jsonl)
 n_boot: int = 2000  # bootstrap resamples for the intervals
 bf16: bool = False  # bfloat16 autocast for the frozen LM during training (GPU)
@@ -112,7 +113,7 @@ params = dict(model=model, run_name=run_name, output_root=output_root, data=data
               n_train_paragraphs=n_train_paragraphs, max_train_questions=max_train_questions, seed=seed, M=M,
               system_prompt=system_prompt, anchor_text=anchor_text, anchor_all=anchor_all, max_new_tokens=max_new_tokens,
               eval_batch_size=eval_batch_size, train_budget_s=train_budget_s, adapter_budget_s=adapter_budget_s,
-              max_steps=max_steps, train_batch_size=train_batch_size, lr=lr, hidden_layer=hidden_layer, d_enc=d_enc,
+              max_steps=max_steps, train_batch_size=train_batch_size, lr=lr, salience_lr=salience_lr, hidden_layer=hidden_layer, d_enc=d_enc,
               enc_layers=enc_layers, w_tf=w_tf, w_first=w_first, w_kce=w_kce, K=K, w_kd=w_kd,
               kd_temperature=kd_temperature, w_entropy=w_entropy, w_salience=w_salience,
               salience_pretrain_steps=salience_pretrain_steps, history_every=history_every, n_boot=n_boot,
@@ -187,8 +188,8 @@ print(json.dumps(data_summary, indent=1, default=str))
 # salience head ranks the context tokens, the top M (in context order) become slots = token
 # embedding + learned residual, then an identity-initialised adapter and RMS matching. Losses:
 # teacher-forced CE, first-token CE, first-K CE, KL(teacher || student) from the LM reading the
-# text, an entropy term against collapse, and a salience BCE whose labels are the words of the
-# answers and questions of the training paragraph (never of evaluation items). The salience head
+# text, an entropy term against collapse, and a salience BCE with soft labels (1 for words of the
+# training paragraph's answers, 0.5 for words of its questions; never from evaluation items). The salience head
 # is first pre-trained cheaply on cached hidden states, then everything trains through the LM.
 # `adapter`: the same adapter on `mean_pool` vectors, same LM losses. Both stop at their budget.
 
@@ -217,7 +218,7 @@ def dev_check(kind):
 
 
 run.path("metrics_history.jsonl").unlink(missing_ok=True)
-common = dict(M=M, d_enc=d_enc, n_layers=enc_layers, hidden_layer=hidden_layer, lr=lr, batch_size=train_batch_size,
+common = dict(M=M, d_enc=d_enc, n_layers=enc_layers, hidden_layer=hidden_layer, lr=lr, salience_lr=salience_lr, batch_size=train_batch_size,
               max_steps=max_steps, w_tf=w_tf, w_first=w_first, w_kce=w_kce, K=K, w_kd=w_kd,
               kd_temperature=kd_temperature, w_entropy=w_entropy, w_salience=w_salience,
               salience_pretrain_steps=salience_pretrain_steps, seed=seed, bf16=bf16, device=device, anchored=anchor_all,
@@ -446,6 +447,14 @@ if last:
                     [[last["step"], last["loss"], last["tf"], last["first"], last["kce"], last["kd"], last["entropy"],
                       last["salience"], last["grad_norm"], last["first_acc"], last["first_acc_top5"],
                       f"{last['distinct_first_preds']}/{last['batch']}", str(last["dominant_first_preds"])]]), ""]
+sel = comp_lat.selected_positions(llm, [e.context for e in enc_eval[:6]])
+md += ["## What the latent encoder keeps", "",
+       "The context tokens whose embeddings seed the M slots (before the learned residual and adapter), "
+       "for the first evaluation questions:", "",
+       md_table(["question", "gold", "kept tokens (in order)"],
+                [[eval_ex[i].question, eval_ex[i].answers[0],
+                  " · ".join(tok.decode([int(enc_eval[i].context[j])]).strip() for j in sel[i])]
+                 for i in range(len(sel))]), ""]
 md += ["## Dominant predictions per mode", "",
        md_table(["mode", "distinct predictions", "dominant predictions (count)"],
                 [[m, metrics["modes"][m]["distinct_predictions"],

@@ -185,3 +185,15 @@ def test_anchor_never_appended_twice(tiny):
             return {"input_ids": [ord(c) for c in text]}
     s2 = LT.make_scaffold(NoTemplate(), anchor="Answer:")
     assert s2.anchor == "" and s2.anchor_ids.numel() == 0
+
+
+def test_early_stopped_hidden_states_match_output_hidden_states(tiny):
+    model, tok, sc, ex, enc = tiny
+    ids, mask = LT.pad_right([e.context for e in enc[:3]], tok.pad_token_id)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True).hidden_states
+    for layer in (0, 1, 2):
+        got = LT.context_hidden_states(model, ids, mask, layer)
+        m = mask.bool()
+        torch.testing.assert_close(got[m], ref[layer][m], rtol=1e-5, atol=1e-5)

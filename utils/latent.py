@@ -73,14 +73,44 @@ def hidden_and_logits(model, inputs_embeds=None, input_ids=None, attention_mask=
     return logits, (out.past_key_values if use_cache else None)
 
 
+class _StopForward(Exception):
+    def __init__(self, value):
+        self.value = value
+
+
+def _decoder_layers(model):
+    base = model.base_model
+    for name in ("layers", "h", "blocks"):
+        layers = getattr(base, name, None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return layers
+    return None
+
+
 @torch.no_grad()
 def context_hidden_states(model, ids: torch.Tensor, mask: torch.Tensor, layer: int) -> torch.Tensor:
-    """Hidden states (B, T, d) of the frozen model's ``layer`` (0 = embeddings) over right-padded ids."""
+    """Hidden states (B, T, d) of the frozen model's ``layer`` (0 = embeddings) over right-padded ids.
+
+    Equals ``output_hidden_states[layer]`` for ``0 <= layer < L``, but stops the forward pass after
+    decoder layer ``layer`` (a hook raises), so only ``layer / L`` of the model runs.
+    """
     dev = input_embedding(model).weight.device
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                           output_hidden_states=True)
-    hs = out.hidden_states
+    kw = dict(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev))
+    layers = _decoder_layers(model)
+    if layer == 0:
+        return embed_ids(model, ids)
+    if layers is not None and 0 < layer < len(layers):
+        def hook(_m, _inp, out):
+            raise _StopForward(out[0] if isinstance(out, tuple) else out)
+        h = layers[layer - 1].register_forward_hook(hook)
+        try:
+            model.base_model(**kw, use_cache=False)
+        except _StopForward as stop:
+            return stop.value
+        finally:
+            h.remove()
+    hs = model.base_model(**kw, output_hidden_states=True).hidden_states
     if not -len(hs) <= layer < len(hs):
         raise IndexError(f"hidden layer {layer} out of range: the model has {len(hs) - 1} layers")
     return hs[layer]

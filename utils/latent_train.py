@@ -16,8 +16,9 @@ Losses (each weighted, see :class:`TrainConfig`), on the gold answer after the p
   kd       KL(teacher || student) over the first K answer positions, temperature tau (times tau^2);
            the teacher is the same frozen LM reading the full text prompt
   entropy  minus the entropy of the batch-mean first-token distribution (against collapse)
-  salience binary cross-entropy of the salience scores against "word of an answer or of a
-           question about this paragraph" labels (training data only; latent only)
+  salience binary cross-entropy of the salience scores against soft labels: 1 for words of the
+           paragraph's gold answers, 0.5 for words of its questions, else 0 (training data
+           only; latent only)
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ class TrainConfig:
     n_heads: int = 4                # encoder attention heads
     hidden_layer: int = 8           # frozen LM layer whose hidden states feed the encoder (0 = embeddings)
     max_context_tokens: int = 512   # positional table size of the encoder
-    lr: float = 2e-3
+    lr: float = 1e-4                # AdamW learning rate of the LM-loss phase
+    salience_lr: float = 2e-3       # learning rate of the salience pre-training phase
     weight_decay: float = 0.0
     batch_size: int = 8
     max_steps: int = 200
@@ -97,6 +99,9 @@ class LatentEncoder(nn.Module):
         self.residual = nn.Linear(cfg.d_enc, d_model)
         nn.init.zeros_(self.residual.weight)
         nn.init.zeros_(self.residual.bias)
+        # the residual is measured in units of the token-embedding RMS, so optimiser steps stay
+        # small relative to the embeddings it corrects (set by Compressor)
+        self.register_buffer("res_scale", torch.tensor(1.0))
 
     def features(self, H: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         T = H.shape[1]
@@ -117,7 +122,7 @@ class LatentEncoder(nn.Module):
         gate = 1.0 + g - g.detach()                                        # value 1, gradient to s
         Esel = torch.gather(E.float(), 1, idx.unsqueeze(-1).expand(-1, -1, E.shape[-1]))
         fsel = torch.gather(f, 1, idx.unsqueeze(-1).expand(-1, -1, f.shape[-1]))
-        return Esel * gate + self.residual(fsel), slot_mask, s
+        return Esel * gate + self.res_scale * self.residual(fsel), slot_mask, s
 
 
 class Compressor(nn.Module):
@@ -129,6 +134,8 @@ class Compressor(nn.Module):
             raise ValueError(f"kind must be 'latent' or 'adapter', got {cfg.kind!r}")
         self.cfg = cfg
         self.encoder = LatentEncoder(d_model, cfg) if cfg.kind == "latent" else None
+        if self.encoder is not None:
+            self.encoder.res_scale.fill_(float(target_rms))
         self.adapter = nn.Linear(d_model, d_model)
         with torch.no_grad():
             self.adapter.weight.copy_(torch.eye(d_model))
@@ -160,6 +167,20 @@ class Compressor(nn.Module):
         out = scale_to_rms(self.adapter(vec), float(self.target_rms))
         return [out[b][slot_mask[b]] for b in range(out.shape[0])], (sal, mask)
 
+    @torch.no_grad()
+    def selected_positions(self, llm, ctx_ids: Sequence[torch.Tensor]) -> list[list[int]]:
+        """Context positions whose tokens seed the M slots (latent only), in context order."""
+        if self.encoder is None:
+            raise ValueError("the adapter compressor has no token selection")
+        dev = input_embedding(llm).weight.device
+        ids, mask = pad_right(ctx_ids, 0)
+        ids, mask = ids.to(dev), mask.to(dev)
+        H = context_hidden_states(llm, ids, mask, self.cfg.hidden_layer).float()
+        s = self.encoder.salience(self.encoder.features(H, mask)).squeeze(-1).masked_fill(~mask.bool(), float("-inf"))
+        k = min(self.cfg.M, ids.shape[1])
+        idx = s.topk(k, dim=1).indices.sort(dim=1).values
+        return [[int(i) for i in idx[b] if i < c.shape[0]] for b, c in enumerate(ctx_ids)]
+
     def context_vectors(self, llm) -> Callable:
         """The callable :func:`utils.latent.build_prompts` expects (list of ids -> list of (m, d))."""
         def fn(ctx_ids):
@@ -175,10 +196,13 @@ _WORD = re.compile(r"[A-Za-z0-9]+")
 
 
 def salience_labels(tokenizer, context: str, ctx_ids: torch.Tensor, answers: Sequence[str],
-                    questions: Sequence[str]) -> torch.Tensor:
-    """(n,) float labels: 1 for context tokens inside a word of any answer or any question
-    (stopwords excluded) about this paragraph, else 0. Uses the decoded pieces' words."""
-    words = {w.lower() for t in list(answers) + list(questions) for w in _WORD.findall(t)} - _STOP
+                    questions: Sequence[str], question_weight: float = 0.5) -> torch.Tensor:
+    """(n,) float labels for the context tokens: 1 for a token inside a word of any gold answer of
+    this paragraph, ``question_weight`` for a word of any of its questions (stopwords excluded),
+    else 0. Answers rank first, so the top-M slots keep answer candidates before entity words."""
+    ans_words = {w.lower() for t in answers for w in _WORD.findall(t)} - _STOP
+    q_words = {w.lower() for t in questions for w in _WORD.findall(t)} - _STOP
+    words = ans_words | q_words
     lab = torch.zeros(ctx_ids.shape[0])
     starts = ends = None
     try:  # fast tokenizers give character offsets directly
@@ -199,8 +223,7 @@ def salience_labels(tokenizer, context: str, ctx_ids: torch.Tensor, answers: Seq
     for i, (a, b) in enumerate(zip(starts, ends)):
         for (s, e, w) in spans:
             if s < b and a < e and w in words:
-                lab[i] = 1.0
-                break
+                lab[i] = max(float(lab[i]), 1.0 if w in ans_words else question_weight)
     return lab
 
 
@@ -260,9 +283,7 @@ def compute_losses(llm, comp: Compressor, cfg: TrainConfig, batch: Sequence[Enco
         for b, l in enumerate(labels):
             y[b, :l.shape[0]] = l.to(y.device)
         m = mask.bool()
-        pos = y[m].sum().clamp(min=1)
-        pw = ((m.sum() - pos) / pos).clamp(min=1.0)
-        parts["salience"] = F.binary_cross_entropy_with_logits(s[m], y[m], pos_weight=pw)
+        parts["salience"] = F.binary_cross_entropy_with_logits(s[m], y[m])
     else:
         parts["salience"] = torch.zeros(())
     total = (cfg.w_tf * parts["tf"] + cfg.w_first * parts["first"] + cfg.w_kce * parts["kce"]
@@ -299,9 +320,7 @@ def salience_only_loss(comp: Compressor, H_list, labels) -> torch.Tensor:
         mask[b, :h.shape[0]] = True
     f = comp.encoder.features(H, mask)
     s = comp.encoder.salience(f).squeeze(-1)
-    pos = y[mask].sum().clamp(min=1)
-    pw = ((mask.sum() - pos) / pos).clamp(min=1.0)
-    return F.binary_cross_entropy_with_logits(s[mask], y[mask], pos_weight=pw)
+    return F.binary_cross_entropy_with_logits(s[mask], y[mask])
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -394,17 +413,18 @@ def train_compressor(llm, tokenizer, comp: Compressor, cfg: TrainConfig, train_e
         # phase 1: salience pre-training on cached features (no LM pass)
         if (comp.encoder is not None and cfg.salience_pretrain_steps > 0 and train_hidden is not None
                 and train_labels is not None and step == 0 and cfg.w_salience > 0):
+            sal_opt = torch.optim.AdamW(comp.encoder.parameters(), lr=cfg.salience_lr)
             it = range(cfg.salience_pretrain_steps)
             for i in (progress(it, desc="salience pre-training") if progress else it):
                 if time.perf_counter() - t_start > cfg.time_budget_s:
                     break
                 idx = torch.randint(0, n, (cfg.batch_size,), generator=g).tolist()
                 comp.train()
-                opt.zero_grad(set_to_none=True)
+                sal_opt.zero_grad(set_to_none=True)
                 loss = salience_only_loss(comp, [train_hidden[j] for j in idx],
                                           [train_labels[j] for j in idx])
                 loss.backward()
-                opt.step()
+                sal_opt.step()
                 comp.eval()
                 log({"phase": "salience", "step": i, "salience": float(loss),
                      "elapsed_s": round(time.perf_counter() - t_start, 3)})
