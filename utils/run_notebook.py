@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .runs import _umask_mode
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -98,6 +100,7 @@ def execute(notebook: str | os.PathLike, run_name: str = "default", params: dict
     final = run_dir / f"{src.stem}.ipynb"
     fd, partial = tempfile.mkstemp(prefix=f".{src.stem}.", suffix=".partial.ipynb", dir=run_dir)
     os.close(fd)
+    os.chmod(partial, _umask_mode())  # mkstemp makes it 0600
     with tempfile.TemporaryDirectory() as td:
         inp = Path(td) / (src.stem + ".ipynb")
         _to_ipynb(src, inp)
