@@ -274,7 +274,7 @@ def test_bundled_model_matches_dense(bundled_gguf):
 # notebook 02 end to end on tiny checkpoints
 # ---------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llama", "gpt2"])  # bert's roles: test_tiny_checkpoints_match_dense...
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
 def test_notebook_02_runs_on_tiny_models(tiny_model_dirs, tmp_path, family):
     import pandas as pd
 

@@ -49,6 +49,15 @@ def test_notebook_03_on_tiny_model(tiny_llama_dir, tmp_path):
     assert out["analysis"]["bootstrap"]["corr_T_entropy"]["n_boot"] == 50
 
 
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_notebook_03_on_other_families(tiny_model_dirs, tmp_path, family):
+    run_dir = run_notebook_smoke("03_sa_rescale", {"model": str(tiny_model_dirs[family]), "anchor": "last",
+                                                   "seq_len": 16, "n_seqs": 2, "n_boot": 20}, tmp_path)
+    _check_against_seed(run_dir, "last")
+    geo = json.loads((run_dir / "geometry.json").read_text())
+    assert geo["num_layers"] == 3 and geo["causal"] is (family == "gpt2")
+
+
 def test_notebook_03_on_supplied_json_needs_no_model(tmp_path):
     geo = random_geometry(np.random.default_rng(3), 5, 3, 6, ragged=True)
     p = save_geometry(geo, tmp_path / "geo.json")
