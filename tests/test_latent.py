@@ -91,6 +91,12 @@ def test_pooling_budget_and_rms():
     assert d["collapsed"] and d["distinct_first_tokens"] == 2 and d["dominant_predictions"][0] == ("a", 4)
 
 
+def test_diversity_with_empty_generations(tiny):
+    model, tok, sc, ex, enc = tiny
+    d = LT.diversity_stats([-1, -1, 5], ["", "", "x"], tok)   # -1: empty generation
+    assert d["dominant_first_tokens"][0] == ("<empty>", 2)
+
+
 def _cfg(kind="latent", **kw):
     base = dict(kind=kind, M=4, d_enc=16, n_layers=1, n_heads=2, hidden_layer=1, lr=1e-2, batch_size=4,
                 max_steps=2, w_kd=0.5, salience_pretrain_steps=0, max_context_tokens=256)

@@ -426,7 +426,9 @@ def diversity_stats(first_tokens: Sequence[int], predictions: Sequence[str], tok
     fc = Counter(int(t) for t in first_tokens)
     pc = Counter(predictions)
     dom_share = pc.most_common(1)[0][1] / n if n else float("nan")
-    first_dom = [(tokenizer.decode([t]) if tokenizer is not None else t, c) for t, c in fc.most_common(top)]
+    # t < 0 marks an empty generation (the first token was a stop token)
+    first_dom = [((tokenizer.decode([t]) if t >= 0 else "<empty>") if tokenizer is not None else t, c)
+                 for t, c in fc.most_common(top)]
     return {"distinct_first_tokens": len(fc), "distinct_predictions": len(pc),
             "dominant_predictions": pc.most_common(top), "dominant_first_tokens": first_dom,
             "dominant_share": dom_share,
