@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from .models import MatrixRef, WeightSource
-from .spectral import ENERGY_LEVELS, default_device, summarize, svdvals
+from .spectral import ENERGY_LEVELS, _svdvals_gram, default_device, summarize, svdvals
 
 PER_LAYER_ORDER = ["W_Q", "W_K", "W_V", "W_O", "W_gate", "W_up", "W_down"]
 
@@ -87,8 +87,8 @@ def weight_sweep(src: WeightSource, device: str | None = "auto", workers: int = 
     if not batched:
         def work(ref):
             W = src.load(ref, dtype=None)
-            _check_finite(W, ref)
-            return ref, svdvals(W.float(), device=dev, method="gram")
+            _check_finite(W, ref)  # names the tensor; the finite check inside svdvals is not repeated
+            return ref, _svdvals_gram(W.float(), dev)
 
         with _single_threaded_blas(), ThreadPoolExecutor(max(1, workers)) as ex:
             # larger matrices first so the two workers finish together
