@@ -12,7 +12,13 @@ PYTEST_ARGS ?=
 $(VENV)/.stamp: pyproject.toml scripts/setup_env.sh
 	PYTHON=$(PYTHON) bash scripts/setup_env.sh
 
-.PHONY: help venv run test bench sync lab clean clean-output distclean
+$(VENV)/.stamp-lab: $(VENV)/.stamp lab/overrides.json
+	EXTRAS=test,lab PYTHON=$(PYTHON) bash scripts/setup_env.sh
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp lab/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	touch $@
+
+.PHONY: help venv run test lint format bench sync lab clean clean-output distclean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,9 +31,17 @@ run: $(VENV)/.stamp ## Main job: run every notebook on MODEL (default: bundled S
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  echo "==> $$nb"; \
 	  $(PY) -m utils.run_notebook $$nb --run-name $(RUN_NAME) --model "$(MODEL)"; \
-	done; echo "reports: output/*/$(RUN_NAME)/report.md"
+	done; echo "reports: output/*/$(RUN_NAME)/report.html"
 
-test: $(VENV)/.stamp ## Run the test suite (unit tests, notebook smoke tests on tiny models, bundled-model checks)
+lint: $(VENV)/.stamp ## Lint and format check (ruff) of utils, notebooks, tests and bench
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.stamp ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint ## Lint, then the test suite (unit tests, notebook smoke tests on tiny models, bundled-model checks)
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 bench: $(VENV)/.stamp ## Print the benchmark figures with their baselines and ratios
@@ -36,14 +50,14 @@ bench: $(VENV)/.stamp ## Print the benchmark figures with their baselines and ra
 sync: $(VENV)/.stamp ## Generate / update the paired .ipynb next to each notebooks/*.py (jupytext)
 	$(VENV)/bin/jupytext --sync $(NOTEBOOKS)
 
-lab: ## Open JupyterLab on notebooks/ (installs jupyterlab on first use; .py <-> .ipynb pairing active)
-	EXTRAS=test,lab PYTHON=$(PYTHON) bash scripts/setup_env.sh
+lab: $(VENV)/.stamp-lab ## JupyterLab with the repository as its root (opens in notebooks/; .py files open as notebooks)
 	$(MAKE) sync
-	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
+	  $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 clean: ## Remove generated notebooks and caches (keeps output/ and .venv)
 	rm -f notebooks/*.ipynb
-	rm -rf .pytest_cache notebooks/.ipynb_checkpoints
+	rm -rf .pytest_cache .ruff_cache notebooks/.ipynb_checkpoints
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
 clean-output: ## Remove every run result under output/

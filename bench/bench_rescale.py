@@ -4,6 +4,7 @@ experiments (1), (2), (2b), (3) (the baseline; same numbers).
 
     .venv/bin/python bench/bench_rescale.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -31,8 +32,9 @@ def seed_loops(sigma, ent):
         for h in range(nH):
             mx = sigma[l, h].max()
             shape[l, h] = sigma[l, h] / mx if mx > 1e-20 else sigma[l, h]
-    per_head = [np.mean([cos(shape[a, h], shape[b, h]) for a in range(nL) for b in range(a + 1, nL)])
-                for h in range(nH)]
+    per_head = [
+        np.mean([cos(shape[a, h], shape[b, h]) for a in range(nL) for b in range(a + 1, nL)]) for h in range(nH)
+    ]
     best, aL = -1.0, nL - 1
     for c in range(nL):
         s = sum(cos(shape[c, h], shape[l, h]) for h in range(nH) for l in range(nL) if l != c)
@@ -59,10 +61,12 @@ def seed_loops(sigma, ent):
 def main():
     rng = np.random.default_rng(0)
     base = np.sort(rng.gamma(1.5, 1.0, (H, K)), -1)[:, ::-1]
-    sigma = np.sort(base[None] * rng.uniform(0.3, 3, (L, H, 1)) * np.exp(rng.normal(0, 0.3, (L, H, K))), -1)[..., ::-1].copy()
+    sigma = np.sort(base[None] * rng.uniform(0.3, 3, (L, H, 1)) * np.exp(rng.normal(0, 0.3, (L, H, K))), -1)[
+        ..., ::-1
+    ].copy()
     ent = rng.uniform(0, 3, (L, H))
 
-    analyze(sigma, ent, "best")                              # warm-up
+    analyze(sigma, ent, "best")  # warm-up
     t = time.perf_counter()
     res = analyze(sigma, ent, "best", rank_k_max=0, n_boot=0)
     t_core = time.perf_counter() - t
@@ -73,9 +77,15 @@ def main():
     aL, ph, T, R, c1, c2, cross = seed_loops(sigma, ent)
     t_loop = time.perf_counter() - t
 
-    same = (aL == res.anchor_layer and np.allclose(ph, res.per_head_cos, rtol=1e-10) and np.allclose(T, res.T, rtol=1e-10)
-            and np.allclose(R, res.resid, rtol=1e-10) and np.allclose(cross, res.cross_head_cos, rtol=1e-10)
-            and np.isclose(c1, res.corr_T_entropy) and np.isclose(c2, res.corr_opnorm_entropy))
+    same = (
+        aL == res.anchor_layer
+        and np.allclose(ph, res.per_head_cos, rtol=1e-10)
+        and np.allclose(T, res.T, rtol=1e-10)
+        and np.allclose(R, res.resid, rtol=1e-10)
+        and np.allclose(cross, res.cross_head_cos, rtol=1e-10)
+        and np.isclose(c1, res.corr_T_entropy)
+        and np.isclose(c2, res.corr_opnorm_entropy)
+    )
     print(f"geometry {L} layers x {H} heads x {K} singular values, anchor=best")
     print(f"{'implementation':<52}{'seconds':>10}{'speed-up':>10}")
     print(f"{'seed loops (baseline): experiments 1, 2, 2b, 3':<52}{t_loop:>10.3f}{1.0:>10.1f}")

@@ -5,11 +5,11 @@ plain loop of float32 ``torch.linalg.svdvals`` + effective rank. Ours: ``open_we
 ``weight_sweep`` (fast GGUF reader, torch dequantisation, float64 Gram + eigvalsh on two threads).
 Both in this one process, same file (already in the page cache), same machine state.
 """
+
 from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 
@@ -31,8 +31,8 @@ def baseline(path):
 
 
 def ours(spec):
-    from utils.models import open_weights
     from utils.weight_ranks import weight_sweep
+    from utils.weights import open_weights
 
     t0 = time.perf_counter()
     df = weight_sweep(open_weights(spec), progress=False)
@@ -40,7 +40,7 @@ def ours(spec):
 
 
 def main():
-    from utils.models import bundled_gguf_path
+    from utils.weights import bundled_gguf_path
 
     path = bundled_gguf_path()
     path.read_bytes()  # page cache warm for both
@@ -49,13 +49,14 @@ def main():
     t_load, t_svd, r_base = baseline(path)
     diff = max(abs(r_ours[k] - r_base[k]) / r_base[k] for k in r_base)
     n = len(r_base)
-    print(f"bundled model sweep: {n} matrices (all 2-D weights, 49152x576 embedding included), "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"bundled model sweep: {n} matrices (all 2-D weights, 49152x576 embedding included), "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"{'':34s}{'load s':>9s}{'compute s':>11s}{'total s':>9s}")
     print(f"{'baseline: gguf + float32 svdvals':34s}{t_load:9.2f}{t_svd:11.2f}{t_load + t_svd:9.2f}")
     print(f"{'ours: open_weights + weight_sweep':34s}{'(overlapped)':>20s}{t_ours:9.2f}")
-    print(f"speed-up: {(t_load + t_svd) / t_ours:.2f}x   (target: ours <= 4 s; "
-          f"{'met' if t_ours <= 4 else 'NOT met'})")
+    print(f"speed-up: {(t_load + t_svd) / t_ours:.2f}x   (target: ours <= 4 s; {'met' if t_ours <= 4 else 'NOT met'})")
     print(f"max relative difference of effective ranks, ours vs baseline: {diff:.2e}")
 
 

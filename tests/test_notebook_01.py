@@ -1,29 +1,54 @@
 """Notebook 01 end to end on tiny checkpoints of every family, the runner, and bad input."""
+
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT, run_notebook_smoke
 
-from conftest import REPO_ROOT, build_tiny_checkpoint, run_notebook_smoke
-from utils.run_notebook import NotebookFailed, list_params
+from utils.running.runner import NotebookFailed, list_params
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
 def test_notebook_01_runs_on_each_family(tiny_model_dirs, tmp_path, family):
     run_dir = run_notebook_smoke("01_weight_ranks", {"model": str(tiny_model_dirs[family]), "layer_idx": 1}, tmp_path)
     files = {p.name for p in run_dir.iterdir()}
-    assert {"01_weight_ranks.ipynb", "report.md", "run.json", "weight_ranks.csv", "eff_rank_by_layer.png",
-            "down_proj_variance.png", "eff_rank_stats_by_type.csv"} <= files
+    assert {
+        "01_weight_ranks.ipynb",
+        "report.md",
+        "run.json",
+        "weight_ranks.csv",
+        "eff_rank_by_layer.png",
+        "down_proj_variance.png",
+        "eff_rank_stats_by_type.csv",
+    } <= files
     assert not [f for f in files if f.startswith(".")], "temp files left behind"
     df = pd.read_csv(run_dir / "weight_ranks.csv")
     assert {"layer_idx", "weight_type", "shape", "eff_rank"} <= set(df.columns)
+    # independent check: numpy SVD of the raw checkpoint tensor of one matrix (GPT-2 stores it transposed)
+    from safetensors.numpy import load_file
+
+    raw = load_file(str(tiny_model_dirs[family] / "model.safetensors"))
+    key = {
+        "llama": "layers.1.mlp.down_proj.weight",
+        "gpt2": "h.1.mlp.c_proj.weight",
+        "bert": "layer.1.output.dense.weight",
+    }[family]
+    W = next(v for k, v in raw.items() if k.endswith(key)).astype(np.float64)
+    s = np.linalg.svd(W, compute_uv=False)
+    p = s / s.sum()
+    row = df[(df.layer_idx == 1) & (df.weight_type == "W_down")]
+    assert row["eff_rank"].item() == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-9)
     report = (run_dir / "report.md").read_text()
-    assert "![effective rank by layer](eff_rank_by_layer.png)" in report
-    assert "## Run record" in report and "Per-weight phase trend" in report
+    assert "![eff rank by layer](eff_rank_by_layer.png)" in report
+    assert "## Run record" in report and "## Phases: early / middle / late thirds" in report
+    assert "| W_down |" in report and "INVERTED-U" in report  # the markdown cell's definition, once
     rec = json.loads((run_dir / "run.json").read_text())
     assert rec["params"]["layer_idx"] == 1 and "weight sweep" in rec["timings_s"] and rec["versions"]["torch"]
+    assert rec["status"] == "complete"
 
 
 def test_layer_out_of_range_fails_clearly_and_writes_no_results(tiny_llama_dir, tmp_path):
@@ -48,10 +73,17 @@ def test_cli_lists_params_and_exits_nonzero_on_failure(tmp_path):
     cli = [sys.executable, "-m", "utils.run_notebook"]
     out = subprocess.run(cli + ["01", "--list-params"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert out.returncode == 0 and "| layer_idx | int | -1 |" in out.stdout
-    bad = subprocess.run(cli + ["01", "--run-name", "x", "--output-root", str(tmp_path), "-p", "model",
-                                str(tmp_path / "nope")], capture_output=True, text=True, cwd=REPO_ROOT)
+    bad = subprocess.run(
+        cli + ["01", "--run-name", "x", "--output-root", str(tmp_path), "-p", "model", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     assert bad.returncode == 1 and "model path not found" in bad.stderr
-    assert (tmp_path / "01_weight_ranks" / "x" / "01_weight_ranks.ipynb").exists()
+    failed = tmp_path / "01_weight_ranks" / "x.failed"
+    assert (failed / "01_weight_ranks.ipynb").exists() and not (tmp_path / "01_weight_ranks" / "x").exists()
+    rec = json.loads((failed / "run.json").read_text())
+    assert rec["status"] == "failed" and "model path not found" in rec["error"]["evalue"]
 
 
 def test_every_notebook_has_one_typed_parameters_cell():
@@ -65,5 +97,6 @@ def test_every_notebook_has_one_typed_parameters_cell():
         for ln in lines:
             assert ":" in ln.split("=")[0] and "#" in ln, f"{nb_path.name}: untyped or uncommented parameter {ln!r}"
         header = nb_path.read_text().split("# ---", 2)[1]
-        assert "jupytext_version:" not in header.replace("-jupytext.text_representation.jupytext_version", ""), \
+        assert "jupytext_version:" not in header.replace("-jupytext.text_representation.jupytext_version", ""), (
             f"{nb_path.name}: version stamp in header"
+        )

@@ -1,11 +1,18 @@
 """SQuAD JSON loading (good, v2, malformed) and the synthetic generator."""
+
 import json
 from pathlib import Path
 
 import pytest
 
-from utils.qa_data import (SquadFormatError, load_squad_json, make_synthetic_squad, one_question_per_context,
-                           parse_squad, synthetic_examples)
+from utils.latent.squad import (
+    SquadFormatError,
+    load_squad_json,
+    make_synthetic_squad,
+    one_question_per_context,
+    parse_squad,
+    synthetic_examples,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-v1.1-dev-part-a.json"
 
@@ -15,9 +22,18 @@ def _squad(qas, context="Paris is in France."):
 
 
 def test_load_good_and_v2_skips_unanswerable(tmp_path):
-    obj = _squad([{"id": "1", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]},
-                  {"id": "2", "question": "Why?", "answers": [], "is_impossible": True,
-                   "plausible_answers": [{"text": "x", "answer_start": 0}]}])
+    obj = _squad(
+        [
+            {"id": "1", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]},
+            {
+                "id": "2",
+                "question": "Why?",
+                "answers": [],
+                "is_impossible": True,
+                "plausible_answers": [{"text": "x", "answer_start": 0}],
+            },
+        ]
+    )
     p = tmp_path / "s.json"
     p.write_text(json.dumps(obj))
     ex, st = load_squad_json(p)
@@ -25,13 +41,22 @@ def test_load_good_and_v2_skips_unanswerable(tmp_path):
     assert st == {"questions": 2, "kept": 1, "skipped_unanswerable": 1, "paragraphs": 1, "version": "v2.0"}
 
 
-@pytest.mark.parametrize("obj,where", [
-    ([1, 2], "top level"),
-    ({"data": {}}, "'data' must be a list"),
-    ({"data": [{"paragraphs": [{"qas": []}]}]}, "paragraphs[0]"),
-    ({"data": [{"paragraphs": [{"context": "c", "qas": [{"question": "q", "answers": [{"answer_start": 0}]}]}]}]},
-     "answers[0]"),
-])
+@pytest.mark.parametrize(
+    "obj,where",
+    [
+        ([1, 2], "top level"),
+        ({"data": {}}, "'data' must be a list"),
+        ({"data": [{"paragraphs": [{"qas": []}]}]}, "paragraphs[0]"),
+        (
+            {
+                "data": [
+                    {"paragraphs": [{"context": "c", "qas": [{"question": "q", "answers": [{"answer_start": 0}]}]}]}
+                ]
+            },
+            "answers[0]",
+        ),
+    ],
+)
 def test_malformed_objects_name_the_problem(obj, where):
     with pytest.raises(SquadFormatError, match=__import__("re").escape(where)):
         parse_squad(obj)
@@ -54,7 +79,7 @@ def test_synthetic_is_seeded_valid_and_answers_spread():
     rel = []
     for e in ex:
         s = e.answer_starts[0]
-        assert e.context[s:s + len(e.answers[0])] == e.answers[0]
+        assert e.context[s : s + len(e.answers[0])] == e.answers[0]
         rel.append(s / len(e.context))
     # answers are spread over the passage, not only at the start
     assert min(rel) < 0.2 and max(rel) > 0.8
@@ -70,4 +95,4 @@ def test_real_squad_sample_loads():
     ex, st = load_squad_json(SHARED)
     assert st["kept"] == len(ex) >= 200 and st["skipped_unanswerable"] == 0
     e = ex[0]
-    assert e.context[e.answer_starts[0]:].startswith(e.answers[0])
+    assert e.context[e.answer_starts[0] :].startswith(e.answers[0])

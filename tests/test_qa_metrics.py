@@ -1,9 +1,17 @@
 """SQuAD v1.1 metric: hand-worked cases and bootstrap sanity checks."""
+
 import numpy as np
 import pytest
 
-from utils.qa_metrics import (bootstrap_ci, exact_match_score, f1_score, max_over_golds, normalize_answer,
-                              paired_bootstrap_ci, score_predictions)
+from utils.latent.metric import (
+    bootstrap_ci,
+    exact_match_score,
+    f1_score,
+    max_over_golds,
+    normalize_answer,
+    paired_bootstrap_ci,
+    score_predictions,
+)
 
 
 def test_normalize_articles_punctuation_whitespace():
@@ -27,7 +35,7 @@ def test_f1_hand_worked():
     # articles and punctuation ignored
     assert f1_score("the answer, is", "an answer is") == pytest.approx(1.0)
     assert f1_score("", "gold") == 0.0
-    assert f1_score("a", "the") == 0.0   # both normalise to empty: no common token
+    assert f1_score("a", "the") == 0.0  # both normalise to empty: no common token
 
 
 def test_max_over_several_golds():
@@ -41,15 +49,26 @@ def test_max_over_several_golds():
         score_predictions(["a"], [])
 
 
-def test_paired_bootstrap_matches_difference_and_brackets_it():
+def test_bootstrap_intervals_match_the_normal_approximation():
+    """Independent reference: for a mean of n = 400 Bernoulli values the 95 % interval is close to
+    mean +- 1.96 sqrt(p (1 - p) / n); a paired difference gets the paired standard error, far narrower
+    than treating the two samples as independent."""
     rng = np.random.default_rng(0)
-    a = rng.integers(0, 2, 300).astype(float)
+    a = rng.integers(0, 2, 400).astype(float)
+    m, lo, hi = bootstrap_ci(a, n_boot=4000, seed=1)
+    p = a.mean()
+    half = 100 * 1.96 * np.sqrt(p * (1 - p) / a.size)
+    assert m == pytest.approx(100 * p)
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.12)
+    assert (lo + hi) / 2 == pytest.approx(m, abs=0.15 * half)
     b = a.copy()
-    b[:60] = 0
-    r = paired_bootstrap_ci(a, b, n_boot=1000, seed=1)
-    assert r["diff"] == pytest.approx(100 * (a.mean() - b.mean()))
-    assert r["lo"] <= r["diff"] <= r["hi"]
+    flip = rng.choice(a.size, 40, replace=False)
+    b[flip] = 1 - b[flip]
+    r = paired_bootstrap_ci(a, b, n_boot=4000, seed=2)
+    d = a - b
+    assert r["diff"] == pytest.approx(100 * d.mean())
+    paired_half = 100 * 1.96 * d.std() / np.sqrt(d.size)
+    assert (r["hi"] - r["lo"]) / 2 == pytest.approx(paired_half, rel=0.12)
+    assert (r["hi"] - r["lo"]) / 2 < 0.5 * half * np.sqrt(2)  # pairing matters
     same = paired_bootstrap_ci(a, a, n_boot=200)
     assert same["diff"] == same["lo"] == same["hi"] == 0.0
-    m, lo, hi = bootstrap_ci(a, n_boot=500)
-    assert lo <= m <= hi and m == pytest.approx(100 * a.mean())

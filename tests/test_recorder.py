@@ -1,4 +1,5 @@
 """SpectralRecorder: spectra against numpy oracles, tied weights, metadata, checkpoint folders."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from utils.recorder import (SpectralRecorder, find_checkpoints, record_checkpoint_dir, two_d_weights,
-                            weight_spectra)
-from utils.spectral_store import EIG, SV, SpectralFile, verify_spectral_file
-from utils.tiny_gpt import TinyGPTConfig, encode_bytes, make_tiny_gpt, offline_text, train_tiny_gpt
+from utils.dynamics.recorder import (
+    SpectralRecorder,
+    find_checkpoints,
+    record_checkpoint_dir,
+    two_d_weights,
+    weight_spectra,
+)
+from utils.dynamics.store import EIG, SV, SpectralFile, verify_spectral_file
+from utils.dynamics.tiny_gpt import TinyGPTConfig, encode_bytes, make_tiny_gpt, offline_text, train_tiny_gpt
 
 TINY = TinyGPTConfig(n_layer=1, n_embd=8, n_head=2, block_size=8, batch_size=2, n_steps=4, warmup_steps=1)
 
@@ -29,11 +35,9 @@ def test_weight_spectra_match_numpy():
     sq = torch.randn(6, 6, generator=g)
     s_rect = weight_spectra(rect)
     assert set(s_rect) == {SV}
-    np.testing.assert_allclose(s_rect[SV], np.linalg.svd(rect.double().numpy(), compute_uv=False),
-                               rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(s_rect[SV], np.linalg.svd(rect.double().numpy(), compute_uv=False), rtol=1e-7, atol=1e-9)
     s_sq = weight_spectra(sq)
-    np.testing.assert_allclose(s_sq[SV], np.linalg.svd(sq.double().numpy(), compute_uv=False),
-                               rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(s_sq[SV], np.linalg.svd(sq.double().numpy(), compute_uv=False), rtol=1e-7, atol=1e-9)
     want = np.linalg.eigvals(sq.double().numpy())
     _match_eigs(s_sq[EIG], want, 1e-9)
     assert np.all(np.diff(np.abs(s_sq[EIG])) <= 1e-12)  # sorted by descending magnitude
@@ -87,8 +91,9 @@ def test_recorder_file_contents_and_metadata(tmp_path):
             for name, W in snaps[step].items():
                 sv = f[f"layers/{name}/{SV}/batch_{i}"][()]
                 assert sv.dtype == np.float32
-                np.testing.assert_allclose(sv, np.linalg.svd(W.double().numpy(), compute_uv=False),
-                                           rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(
+                    sv, np.linalg.svd(W.double().numpy(), compute_uv=False), rtol=1e-5, atol=1e-6
+                )
                 if W.shape[0] == W.shape[1]:
                     ev = f[f"layers/{name}/{EIG}/batch_{i}"][()]
                     assert ev.dtype == np.complex64
@@ -130,12 +135,12 @@ def test_record_checkpoint_dir_hf_and_torch_files(tmp_path):
         m = make_tiny_gpt(TINY, seed=step)
         d = ck / f"checkpoint-{step}"
         m.save_pretrained(d)
-        (d / "trainer_state.json").write_text(json.dumps(
-            {"global_step": step, "log_history": [{"step": step, "loss": step / 10}]}))
+        (d / "trainer_state.json").write_text(
+            json.dumps({"global_step": step, "log_history": [{"step": step, "loss": step / 10}]})
+        )
         saved[step] = two_d_weights(m)
     m = make_tiny_gpt(TINY, seed=30)
-    torch.save({"model": m.state_dict(), "iter_num": 30, "best_val_loss": torch.tensor(1.5)},
-               ck / "ckpt_30.pt")
+    torch.save({"model": m.state_dict(), "iter_num": 30, "best_val_loss": torch.tensor(1.5)}, ck / "ckpt_30.pt")
     saved[30] = two_d_weights(m)
     assert [s for s, _ in find_checkpoints(ck)] == [10, 20, 30]
     out = record_checkpoint_dir(ck, tmp_path / "rec.h5", progress=False)
@@ -147,9 +152,12 @@ def test_record_checkpoint_dir_hf_and_torch_files(tmp_path):
         assert set(sf.layers) == set(saved[10])
         for i, step in enumerate((10, 20, 30)):
             for name, W in saved[step].items():
-                np.testing.assert_allclose(sf.spectrum(name, SV, 1, i),
-                                           np.linalg.svd(W.detach().double().numpy(), compute_uv=False),
-                                           rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(
+                    sf.spectrum(name, SV, 1, i),
+                    np.linalg.svd(W.detach().double().numpy(), compute_uv=False),
+                    rtol=1e-5,
+                    atol=1e-6,
+                )
         assert sf.metadata(1)["checkpoints"] == ["checkpoint-10", "checkpoint-20", "ckpt_30.pt"]
 
 
@@ -172,13 +180,14 @@ def test_tiny_gpt_training_is_seeded_and_learns(one_thread):
     assert info["n_chars"] == len(text) and len(info["sha256"]) == 64
     data = encode_bytes(text)
     assert data.max() < 256 and data.dtype == torch.long
-    cfg = TinyGPTConfig(n_layer=1, n_embd=16, n_head=2, block_size=16, batch_size=8, n_steps=25,
-                        warmup_steps=3, lr=1e-2)
+    cfg = TinyGPTConfig(
+        n_layer=1, n_embd=16, n_head=2, block_size=16, batch_size=8, n_steps=25, warmup_steps=3, lr=1e-2
+    )
     runs = []
     for _ in range(2):
         losses = []
         m = make_tiny_gpt(cfg, seed=1)
-        train_tiny_gpt(m, data, cfg, seed=1, on_step=lambda s, l, _m: losses.append(l), progress=False)
+        train_tiny_gpt(m, data, cfg, seed=1, on_step=lambda s, l, _m, out=losses: out.append(l), progress=False)
         runs.append(losses)
     assert runs[0] == runs[1]  # same seed, same run
     assert len(runs[0]) == cfg.n_steps + 1
@@ -196,6 +205,9 @@ def test_record_checkpoint_dir_on_a_single_hf_checkpoint(tiny_gpt2_dir, tmp_path
         assert sf.n_checkpoints(1) == 1 and set(sf.layers) == set(want)
         assert sf.metadata(1)["config"]["model_type"] == "gpt2"
         for name, W in want.items():
-            np.testing.assert_allclose(sf.spectrum(name, SV, 1, 0),
-                                       np.linalg.svd(W.detach().double().numpy(), compute_uv=False),
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                sf.spectrum(name, SV, 1, 0),
+                np.linalg.svd(W.detach().double().numpy(), compute_uv=False),
+                rtol=1e-5,
+                atol=1e-6,
+            )

@@ -1,6 +1,7 @@
 """utils.rescale: the seed-003 analysis, checked number for number against a plain-loop
 re-implementation of the seed's definitions written here (not the vectorised code), plus
 constructed spectra whose answers are known."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from utils import rescale as R
-from utils.geometry import collect_entropy, collect_spectra, make_geometry
+from utils.rescale import analysis as R
+from utils.rescale.geometry import collect_entropy, collect_spectra, make_geometry
 
 
 # ----------------------------------------------------------------------------- loop reference
@@ -90,12 +91,24 @@ def reference(data, anchor):
         corr_T = np.corrcoef(T.flatten(), ent.flatten())[0, 1]
         corr_op = np.corrcoef(opn.flatten(), ent.flatten())[0, 1]
     return dict(
-        sigma=sig, anchor_layer=aL, per_head_cos=per_head, T=T, resid=res,
+        sigma=sig,
+        anchor_layer=aL,
+        per_head_cos=per_head,
+        T=T,
+        resid=res,
         layer_table=[(l, res[l].mean(), res[l].max(), T[l].mean()) for l in range(L)],
-        mean_resid=mr, max_resid=res.max(), frac10=(res < 0.10).mean(), frac20=(res < 0.20).mean(),
-        corr_T=corr_T, corr_op=corr_op,
-        cross=np.array(cross), shape_stats=(m, per_head.std(), per_head.min(), per_head.max()),
-        stability=stab, verdict=verdict, ent=ent)
+        mean_resid=mr,
+        max_resid=res.max(),
+        frac10=(res < 0.10).mean(),
+        frac20=(res < 0.20).mean(),
+        corr_T=corr_T,
+        corr_op=corr_op,
+        cross=np.array(cross),
+        shape_stats=(m, per_head.std(), per_head.min(), per_head.max()),
+        stability=stab,
+        verdict=verdict,
+        ent=ent,
+    )
 
 
 def ref_rank_k(sig, T, aL, k_max):
@@ -115,7 +128,7 @@ def random_geometry(rng, L, H, K, ragged=True):
     """Descending positive spectra with random (ragged) ranks; entropies in (0, 3)."""
     base = np.sort(rng.gamma(1.5, 1.0, size=(H, K)), axis=-1)[:, ::-1]
     sig = []
-    for l in range(L):
+    for _ in range(L):
         row = []
         for h in range(H):
             s = base[h] * rng.uniform(0.3, 3.0) * np.exp(rng.normal(0, 0.3, K))
@@ -127,8 +140,14 @@ def random_geometry(rng, L, H, K, ragged=True):
     return make_geometry(sig, ent)
 
 
-CASES = [(0, 6, 4, 8, True), (1, 5, 3, 7, True), (2, 9, 5, 16, False), (3, 2, 2, 3, True), (4, 1, 3, 4, True),
-         (5, 4, 1, 5, True)]
+CASES = [
+    (0, 6, 4, 8, True),
+    (1, 5, 3, 7, True),
+    (2, 9, 5, 16, False),
+    (3, 2, 2, 3, True),
+    (4, 1, 3, 4, True),
+    (5, 4, 1, 5, True),
+]
 
 
 @pytest.mark.parametrize("anchor", R.ANCHORS)
@@ -136,7 +155,7 @@ CASES = [(0, 6, 4, 8, True), (1, 5, 3, 7, True), (2, 9, 5, 16, False), (3, 2, 2,
 def test_every_number_equals_the_seed_formulas(case, anchor):
     seed, L, H, K, ragged = case
     data = random_geometry(np.random.default_rng(seed), L, H, K, ragged)
-    data = json.loads(json.dumps(data))                       # as read from a file
+    data = json.loads(json.dumps(data))  # as read from a file
     ref = reference(data, anchor)
     sigma, ent = collect_spectra(data), collect_entropy(data)
     np.testing.assert_array_equal(sigma, ref["sigma"])
@@ -153,11 +172,11 @@ def test_every_number_equals_the_seed_formulas(case, anchor):
     assert res.mean_resid == pytest.approx(ref["mean_resid"], rel=1e-10)
     assert res.max_resid == pytest.approx(ref["max_resid"], rel=1e-10)
     assert res.frac_below[0.10] == ref["frac10"] and res.frac_below[0.20] == ref["frac20"]
-    np.testing.assert_allclose([res.corr_T_entropy, res.corr_opnorm_entropy],
-                               [ref["corr_T"], ref["corr_op"]], **close)
+    np.testing.assert_allclose([res.corr_T_entropy, res.corr_opnorm_entropy], [ref["corr_T"], ref["corr_op"]], **close)
     np.testing.assert_allclose(res.cross_head_cos, ref["cross"], **close)
-    np.testing.assert_allclose([res.shape_cos_mean, res.shape_cos_std, res.shape_cos_min, res.shape_cos_max],
-                               ref["shape_stats"], **close)
+    np.testing.assert_allclose(
+        [res.shape_cos_mean, res.shape_cos_std, res.shape_cos_min, res.shape_cos_max], ref["shape_stats"], **close
+    )
     assert res.stability == ref["stability"]
     assert res.verdict_key == ref["verdict"]
     # rank-k follow-up against a dense truncated-SVD reconstruction
@@ -172,11 +191,13 @@ def test_every_number_equals_the_seed_formulas(case, anchor):
 
 def test_spearman_against_loop_ranks():
     rng = np.random.default_rng(2)
-    x = rng.integers(0, 5, size=(4, 6)).astype(float)        # many ties
+    x = rng.integers(0, 5, size=(4, 6)).astype(float)  # many ties
     y = rng.normal(size=(4, 6))
+
     def loop_ranks(v):
         v = v.ravel()
         return np.array([sum(w < a for w in v) + (sum(w == a for w in v) + 1) / 2 for a in v])
+
     expect = np.corrcoef(loop_ranks(x), loop_ranks(y))[0, 1]
     assert R.spearman(x, y) == pytest.approx(expect, rel=1e-12)
     assert R.spearman(np.arange(5.0), np.exp(np.arange(5.0))) == pytest.approx(1.0)
@@ -207,7 +228,7 @@ def test_exact_rescales_give_zero_residual_and_the_scale(anchor):
     res = R.analyze(sigma, ent, anchor, n_boot=0)
     a = res.anchor_layer
     if anchor == "best":
-        assert a == 0                                   # all shapes equal: a tie, the lowest layer wins
+        assert a == 0  # all shapes equal: a tie, the lowest layer wins
     np.testing.assert_allclose(res.T, scale / scale[a][None], rtol=1e-12)
     assert res.max_resid < 1e-12
     assert res.frac_below[0.10] == 1.0
@@ -219,7 +240,7 @@ def test_exact_rescales_give_zero_residual_and_the_scale(anchor):
 def test_shuffled_shapes_are_not_rescales():
     rng = np.random.default_rng(3)
     L, H, K = 6, 4, 12
-    base = np.sort(rng.gamma(0.7, 1.0, size=(H, K)), -1)[:, ::-1] ** 3   # steep spectra
+    base = np.sort(rng.gamma(0.7, 1.0, size=(H, K)), -1)[:, ::-1] ** 3  # steep spectra
     # each layer takes the spectrum of another head (derangement): the shape changes between layers
     sigma = np.stack([base[np.roll(np.arange(H), l)] for l in range(L)]) * rng.uniform(0.5, 2, (L, H, 1))
     res = R.analyze(sigma, rng.uniform(size=(L, H)), "last", n_boot=0)
@@ -241,13 +262,13 @@ def test_cross_head_similarity_known():
 
 def test_edge_rules_zero_vectors():
     sigma = np.abs(np.random.default_rng(0).normal(size=(3, 2, 4)))
-    sigma[2, 0] = 0.0                         # anchor (last) head 0 is zero: T = 0, resid = 1
-    sigma[0, 1] = 0.0                         # a zero head elsewhere: resid 0
+    sigma[2, 0] = 0.0  # anchor (last) head 0 is zero: T = 0, resid = 1
+    sigma[0, 1] = 0.0  # a zero head elsewhere: resid 0
     T, res = R.rescale_fit(sigma, 2)
     assert np.all(T[:, 0] == 0) and np.all(res[:, 0] == 1.0)
     assert T[0, 1] == 0.0 and res[0, 1] == 0.0
     u = R.unit_rows(R.spectral_shapes(sigma))
-    assert np.all(u[2, 0] == 0)               # cos with a zero vector is 0
+    assert np.all(u[2, 0] == 0)  # cos with a zero vector is 0
     per_head, C = R.shape_invariance(R.spectral_shapes(sigma))
     assert C[0, 2, 0] == 0.0 and C[0, 2, 2] == 0.0
 
@@ -255,11 +276,11 @@ def test_edge_rules_zero_vectors():
 def test_rank_k_known_rank():
     rng = np.random.default_rng(5)
     L, H, K = 4, 6, 9
-    b = np.sort(rng.uniform(0.5, 2.0, K))[::-1]          # one shape shared by all heads
-    v = rng.uniform(0.1, 1.0, K)                         # one extra "delta shape", positive
+    b = np.sort(rng.uniform(0.5, 2.0, K))[::-1]  # one shape shared by all heads
+    v = rng.uniform(0.1, 1.0, K)  # one extra "delta shape", positive
     scale = rng.uniform(0.5, 2.0, (L, H))
     c = rng.uniform(0.0, 1.0, (L, H))
-    c[-1] = 0.0                                          # the anchor (last) is a pure copy of b
+    c[-1] = 0.0  # the anchor (last) is a pure copy of b
     sigma = scale[..., None] * b + c[..., None] * v
     T, res = R.rescale_fit(sigma, L - 1)
     rk = R.rank_k_correction(sigma, T, L - 1, k_max=4)
@@ -270,7 +291,7 @@ def test_rank_k_known_rank():
     np.testing.assert_allclose(rk["resid"], ref_rank_k(sigma, T, L - 1, 4), rtol=1e-8, atol=1e-7)
     assert np.all(np.diff(rk["resid"], axis=1) <= 1e-12)
     # k = 0 is the layer's Frobenius-pooled scalar residual
-    pooled = np.sqrt((res ** 2 * (sigma ** 2).sum(-1)).sum(1)) / np.linalg.norm(sigma.reshape(L, -1), axis=1)
+    pooled = np.sqrt((res**2 * (sigma**2).sum(-1)).sum(1)) / np.linalg.norm(sigma.reshape(L, -1), axis=1)
     np.testing.assert_allclose(rk["resid"][:, 0], pooled, rtol=1e-10)
     assert rk["trivial_from_k"] == H
     # no anchor: every layer is rank <= 2, so the best rank-2 fit is exact

@@ -1,4 +1,5 @@
-"""Run folders: atomic writes, the run record, permissions."""
+"""Run folders: staging, the run record, atomic writes, JSONL, permissions."""
+
 import json
 import os
 import stat
@@ -7,28 +8,47 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.runs import atomic_path, atomic_write_text, start_run, to_jsonable
+from utils.files import append_jsonl, atomic_path, atomic_write_text, read_jsonl, to_jsonable
+from utils.running.paths import BadRunName
+from utils.running.record import Run
 
 
-def test_run_records_params_timings_files(tmp_path):
-    run = start_run("99_demo", "r1", params={"model": "x", "k": 3}, output_root=tmp_path)
+def test_run_stages_then_records_params_timings_files(tmp_path):
+    run = Run("99_demo", "r1", {"model": "x", "k": 3}, tmp_path)
+    final = tmp_path / "99_demo" / "r1"
+    assert run.dir != final and run.dir.name.startswith(".r1.staging-") and not final.exists()
     with run.timer("step"):
         pass
     run.save_csv(pd.DataFrame({"a": [1, 2]}), "t.csv")
     run.save_json({"x": np.float32(1.5), "nan": float("nan"), "arr": np.arange(3)}, "m.json")
     (run.dir / "direct.bin").write_bytes(b"1")
     run.register("direct.bin")
-    run.write_report("# Title\n\nbody")
-    rec = json.loads((tmp_path / "99_demo" / "r1" / "run.json").read_text())
-    assert rec["params"] == {"model": "x", "k": 3} and "step" in rec["timings_s"]
-    assert rec["files"] == ["t.csv", "m.json", "direct.bin", "report.md"]
-    assert json.loads((run.dir / "m.json").read_text()) == {"x": 1.5, "nan": None, "arr": [0, 1, 2]}
-    report = (run.dir / "report.md").read_text()
+    run.show("# Title\n\nbody")
+    assert run.finish() == final and run.dir == final
+    assert [p.name for p in (tmp_path / "99_demo").iterdir()] == ["r1"]  # the staging folder is gone
+    rec = json.loads((final / "run.json").read_text())
+    assert rec["params"] == {"model": "x", "k": 3} and "step" in rec["timings_s"] and rec["status"] == "complete"
+    assert rec["files"] == ["t.csv", "m.json", "direct.bin", "report.md", "report.html"]
+    assert rec["started_utc"] and rec["ended_utc"]
+    assert json.loads((final / "m.json").read_text()) == {"x": 1.5, "nan": None, "arr": [0, 1, 2]}
+    report = (final / "report.md").read_text()
     assert report.startswith("# Title") and "## Run record" in report and "| k | `3` |" in report
-    mode = stat.S_IMODE(os.stat(run.dir / "t.csv").st_mode)
-    assert mode & stat.S_IRGRP, "results must be readable by others as usual, not 0600"
+    assert stat.S_IMODE(os.stat(final / "t.csv").st_mode) & stat.S_IRGRP, "results must be readable as usual"
+    html = (final / "report.html").read_text()
+    assert "<h1>Title</h1>" in html and "<table>" in html
     with pytest.raises(FileNotFoundError):
         run.register("missing.h5")
+
+
+def test_a_new_run_replaces_the_old_folder_whole(tmp_path):
+    a = Run("99_demo", "same", {}, tmp_path)
+    a.save_text("old", "only_in_first.txt")
+    a.finish()
+    b = Run("99_demo", "same", {}, tmp_path)
+    b.save_text("new", "second.txt")
+    b.finish()
+    names = {p.name for p in (tmp_path / "99_demo" / "same").iterdir()}
+    assert "second.txt" in names and "only_in_first.txt" not in names
 
 
 def test_atomic_writes_leave_nothing_on_failure(tmp_path):
@@ -42,9 +62,26 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path):
     assert target.read_text() == "done" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
 
 
-def test_bad_run_name_rejected(tmp_path):
-    with pytest.raises(ValueError, match="plain folder name"):
-        start_run("99_demo", "../escape", params={}, output_root=tmp_path)
+def test_jsonl_append_and_torn_last_line(tmp_path):
+    p = tmp_path / "log.jsonl"
+    for i in range(3):
+        append_jsonl(p, {"step": i, "v": np.float64(i / 2)})
+    with open(p, "a") as f:  # a process killed mid-write
+        f.write('{"step": 3, "v"')
+    assert [r["step"] for r in read_jsonl(p)] == [0, 1, 2]
+    read_jsonl(p, repair=True)
+    append_jsonl(p, {"step": 3})
+    assert [r["step"] for r in read_jsonl(p)] == [0, 1, 2, 3]
+    p.write_text('{"a": 1}\nnot json\n{"b": 2}\n')
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        read_jsonl(p)
+
+
+@pytest.mark.parametrize("name", ["../escape", "..", ".", "/abs", "a/b", "", "with space", "x.failed", "-lead"])
+def test_bad_run_name_rejected_before_anything_is_created(tmp_path, name):
+    with pytest.raises(BadRunName, match="is not allowed"):
+        Run("99_demo", name, {}, tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_to_jsonable_handles_torch_and_inf():

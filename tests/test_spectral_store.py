@@ -1,21 +1,30 @@
 """HDF5 spectral store: merge in the seed's layout, refusal, atomicity, verify, foreign files,
 and the 05_spectral_dynamics notebook smoke test."""
+
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import run_notebook_smoke
 
-from utils.recorder import SpectralRecorder, two_d_weights
-from utils.spectral_store import (EIG, SV, MergeMismatchError, RunFileWriter, SpectralFile, main,
-                                  merge_runs, verify_spectral_file)
-from utils.tiny_gpt import TinyGPTConfig, make_tiny_gpt
+from utils.dynamics.recorder import SpectralRecorder, two_d_weights
+from utils.dynamics.store import (
+    EIG,
+    SV,
+    MergeMismatchError,
+    RunFileWriter,
+    SpectralFile,
+    merge_runs,
+    verify_spectral_file,
+)
+from utils.dynamics.store.__main__ import main
+from utils.dynamics.tiny_gpt import TinyGPTConfig, make_tiny_gpt
 
 TINY = TinyGPTConfig(n_layer=1, n_embd=8, n_head=2, block_size=8)
 STEPS = (0, 4, 8)
@@ -51,8 +60,17 @@ def test_merge_two_runs_seed_layout(two_runs, tmp_path):
     square = [n for n in names if seen[0][0][n].shape[0] == seen[0][0][n].shape[1]]
     assert len(names) == 6 and set(square) == {"transformer.wpe.weight", "transformer.h.0.attn.c_proj.weight"}
     with h5py.File(out, "r") as f:
-        assert {"batch_numbers", "loss_values", "batches", "layers", "merge_metadata", "metadata_run1",
-                "metadata_run2", "model_run1", "model_run2"} <= set(f.keys())
+        assert {
+            "batch_numbers",
+            "loss_values",
+            "batches",
+            "layers",
+            "merge_metadata",
+            "metadata_run1",
+            "metadata_run2",
+            "model_run1",
+            "model_run2",
+        } <= set(f.keys())
         np.testing.assert_array_equal(f["batches"][()], list(STEPS) * 2)
         np.testing.assert_array_equal(f["batch_numbers"][()], list(STEPS) * 2)
         want_loss = [5.0 - 0.1 * s - 0.01 * seed for seed in (1, 2) for s in STEPS]
@@ -67,8 +85,12 @@ def test_merge_two_runs_seed_layout(two_runs, tmp_path):
             for r in (1, 2):
                 for i in range(len(STEPS)):
                     W = seen[r - 1][i][n]
-                    np.testing.assert_allclose(f[f"layers/{n}/{SV}/batch_{i}_run{r}"][()],
-                                               np.linalg.svd(W, compute_uv=False), rtol=1e-5, atol=1e-6)
+                    np.testing.assert_allclose(
+                        f[f"layers/{n}/{SV}/batch_{i}_run{r}"][()],
+                        np.linalg.svd(W, compute_uv=False),
+                        rtol=1e-5,
+                        atol=1e-6,
+                    )
         assert int(f["metadata_run2"].attrs["seed"]) == 2
         np.testing.assert_array_equal(f["merge_metadata/checkpoint_counts"][()], [3, 3])
     rep = verify_spectral_file(out, inputs=paths)
@@ -108,13 +130,16 @@ def test_merge_refuses_mismatched_runs(two_runs, tmp_path, capsys):
     assert "shape of transformer.wte.weight: (256, 8) in run 1 vs (256, 12) in run 2" in msg
     fewer = tmp_path / "fewer.h5"
     _record_run(fewer, seed=4, include=r"\.h\.")  # no embeddings
-    with pytest.raises(MergeMismatchError, match=r"layers only in run 1: \['transformer.wpe.weight', "
-                                                 r"'transformer.wte.weight'\]"):
+    with pytest.raises(
+        MergeMismatchError,
+        match=r"layers only in run 1: \['transformer.wpe.weight', "
+        r"'transformer.wte.weight'\]",
+    ):
         merge_runs([paths[0], paths[1], fewer], out)
     assert not out.exists()
     assert main(["merge", str(out), str(paths[0]), str(wide)]) == 2  # command line: message, no traceback
-    printed = capsys.readouterr().out
-    assert printed.startswith("error: cannot merge") and "Traceback" not in printed
+    printed = capsys.readouterr()
+    assert printed.err.startswith("error: cannot merge") and "Traceback" not in printed.err and not printed.out
     assert not out.exists()
     assert main(["merge", str(out), *map(str, paths)]) == 0 and "OK" in capsys.readouterr().out
     out.unlink()
@@ -124,12 +149,20 @@ def test_merge_refuses_mismatched_runs(two_runs, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_interrupted_merge_leaves_no_file(two_runs, tmp_path):
+def test_interrupted_merge_leaves_no_file(two_runs, tmp_path, monkeypatch):
+    import utils.dynamics.store.merge as merge_mod
+
     paths, _ = two_runs
     out = tmp_path / "merged.h5"
     before = set(tmp_path.iterdir())
+
+    def crash(*a, **k):  # every layer has been copied; the merge dies before it finishes
+        raise RuntimeError("simulated interruption")
+
+    monkeypatch.setattr(merge_mod, "write_attrs", crash)
     with pytest.raises(RuntimeError, match="simulated interruption"):
-        merge_runs(paths, out, _fail_after_layers=2)
+        merge_runs(paths, out)
+    monkeypatch.undo()
     assert set(tmp_path.iterdir()) == before  # no final file, no temp left behind
     with pytest.raises(FileExistsError):
         merge_runs(paths, paths[0], overwrite=False)
@@ -203,8 +236,10 @@ def _write_seed_layout(path: Path, rng: np.random.Generator):
                     f.create_dataset(f"layers/{name}/singular_values/batch_{i}_run{r}", data=S)
                     if shp[0] == shp[1]:
                         ev = np.linalg.eigvals(W)
-                        f.create_dataset(f"layers/{name}/eigenvalues/batch_{i}_run{r}",
-                                         data=np.stack([ev.real, ev.imag], axis=1).astype(np.float32))
+                        f.create_dataset(
+                            f"layers/{name}/eigenvalues/batch_{i}_run{r}",
+                            data=np.stack([ev.real, ev.imag], axis=1).astype(np.float32),
+                        )
         f.create_group("merge_metadata").attrs["note"] = "merged elsewhere"
         for r in (1, 2):
             f.create_group(f"metadata_run{r}").attrs["seed"] = r
@@ -227,8 +262,10 @@ def test_reads_seed_layout_written_elsewhere(tmp_path):
         assert np.iscomplexobj(ev)
         for w in np.linalg.eigvals(W):
             assert np.min(np.abs(ev - w)) < 1e-5
-        np.testing.assert_allclose(sf.spectrum("transformer.h.0.attn.c_attn.weight", SV, 1, 2),
-                                   spectra[("transformer.h.0.attn.c_attn.weight", 1, 2)][1])
+        np.testing.assert_allclose(
+            sf.spectrum("transformer.h.0.attn.c_attn.weight", SV, 1, 2),
+            spectra[("transformer.h.0.attn.c_attn.weight", 1, 2)][1],
+        )
         assert sf.metadata(2)["seed"] == 2
     rep = verify_spectral_file(path)
     assert rep.ok, rep.summary()
@@ -238,22 +275,49 @@ def test_reads_seed_layout_written_elsewhere(tmp_path):
 
 def test_notebook_smoke(tmp_path):
     """Train two 6-step runs of a 1-layer GPT, merge, verify, plot; then re-plot a foreign file."""
-    params = dict(n_runs=2, n_layer=1, n_embd=16, n_head=2, block_size=16, batch_size=4, n_steps=6,
-                  record_every=3, text_chars=20_000, top_k=2)
+    params = dict(
+        n_runs=2,
+        n_layer=1,
+        n_embd=16,
+        n_head=2,
+        block_size=16,
+        batch_size=4,
+        n_steps=6,
+        record_every=3,
+        text_chars=20_000,
+        top_k=2,
+    )
     run_dir = run_notebook_smoke("05_spectral_dynamics", params, tmp_path)
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")], "temp files left behind"
-    for name in ("report.md", "merged_spectra.h5", "run_seed0.h5", "run_seed1.h5", "verify.txt",
-                 "effective_rank_vs_step.png", "top_singular_values_vs_step.png", "spectra_first_last.png",
-                 "eigenvalue_magnitudes_first_last.png", "loss_curves.png", "spectral_summary.csv"):
+    for name in (
+        "report.md",
+        "merged_spectra.h5",
+        "run_seed0.h5",
+        "run_seed1.h5",
+        "verify.txt",
+        "effective_rank_vs_step.png",
+        "top_singular_values_vs_step.png",
+        "spectra_first_last.png",
+        "eigenvalue_magnitudes_first_last.png",
+        "loss_curves.png",
+        "spectral_summary.csv",
+    ):
         assert (run_dir / name).is_file(), name
     assert verify_spectral_file(run_dir / "merged_spectra.h5").ok
+    # independent check: the step-0 effective rank of run 1 is that of the seed-0 initialisation (numpy SVD)
+    cfg = TinyGPTConfig(n_layer=1, n_embd=16, n_head=2, block_size=16, batch_size=4, n_steps=6)
+    W = dict(make_tiny_gpt(cfg, seed=0).named_parameters())["transformer.h.0.attn.c_attn.weight"]
+    s = np.linalg.svd(W.detach().double().numpy(), compute_uv=False)
+    p = s / s.sum()
+    df = pd.read_csv(run_dir / "spectral_summary.csv")
+    row = df[(df.run == 1) & (df.step == 0) & (df.layer == "transformer.h.0.attn.c_attn.weight")]
+    assert row["eff_rank"].item() == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-5)
     report = (run_dir / "report.md").read_text()
     assert "Verification of merged_spectra.h5: OK" in report and "## Run record" in report
 
     foreign = tmp_path / "foreign.h5"
     _write_seed_layout(foreign, np.random.default_rng(1))
-    run_dir2 = run_notebook_smoke("05_spectral_dynamics", {"merged_file": str(foreign)}, tmp_path,
-                                  run_name="foreign")
+    run_dir2 = run_notebook_smoke("05_spectral_dynamics", {"merged_file": str(foreign)}, tmp_path, run_name="foreign")
     report2 = (run_dir2 / "report.md").read_text()
     assert "Existing merged file" in report2 and "FAILED" not in report2
     assert "loss entries split into runs where the step number drops" in report2

@@ -1,0 +1,136 @@
+"""The notebooks as files: parameters cells, headers, jupytext pairing, typed parameters, report assembly."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+from utils.running.params import ParameterError, coerce_all, coerce_value, notebook_parameters, parse_parameters
+from utils.running.report import assemble
+from utils.running.runner import KERNELSPEC, to_ipynb
+
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.py"))
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_sees_every_parameter_with_its_help(nb, tmp_path, caplog):
+    import papermill as pm
+
+    ipynb = tmp_path / f"{nb.stem}.ipynb"
+    to_ipynb(nb, ipynb)
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        seen = pm.inspect_notebook(str(ipynb))
+    ours = notebook_parameters(nb)
+    assert [p.name for p in ours] == list(seen), "papermill must see every assignment of the parameters cell"
+    for p in ours:
+        assert p.help, f"{nb.stem}: {p.name} has no help comment"
+        assert seen[p.name]["help"] == p.help, f"papermill reads another help for {p.name}"
+        assert seen[p.name]["inferred_type_name"] == p.type
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_headers_name_the_installed_kernel_and_no_version_stamp(nb):
+    header = nb.read_text().split("# ---", 2)[1]
+    assert f"display_name: {KERNELSPEC['display_name']}" in header and f"name: {KERNELSPEC['name']}" in header
+    assert "jupytext_version:" not in header.replace("-jupytext.text_representation.jupytext_version", "")
+    text = nb.read_text()
+    assert text.count('# %% tags=["parameters"]') == 1 and "run.finish()" in text
+
+
+def test_jupytext_sync_on_a_fresh_copy_changes_no_py_file(tmp_path):
+    """`make sync` on a fresh clone must be a no-op for the tracked .py sources."""
+    folder = tmp_path / "notebooks"
+    shutil.copytree(REPO_ROOT / "notebooks", folder, ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
+    before = {p.name: p.read_bytes() for p in folder.glob("*.py")}
+    jupytext = [sys.executable, "-m", "jupytext", "--sync", *sorted(str(p) for p in folder.glob("[0-9]*.py"))]
+    subprocess.run(jupytext, check=True, capture_output=True, cwd=tmp_path)
+    assert {p.name: p.read_bytes() for p in folder.glob("*.py")} == before
+    assert len(list(folder.glob("*.ipynb"))) == len(NOTEBOOKS)
+    subprocess.run(jupytext, check=True, capture_output=True, cwd=tmp_path)  # and a second sync as well
+    assert {p.name: p.read_bytes() for p in folder.glob("*.py")} == before
+
+
+def test_parameters_cell_parsing_and_errors():
+    src = 'a: int = 3  # count\nb: bool = True  # flag\nc: str = "x = y"  # text with = inside\nd: float = 1  # real\n'
+    ps = parse_parameters(src)
+    assert [(p.name, p.type, p.default, p.help) for p in ps] == [
+        ("a", "int", 3, "count"),
+        ("b", "bool", True, "flag"),
+        ("c", "str", "x = y", "text with = inside"),
+        ("d", "float", 1.0, "real"),
+    ]
+    for bad, msg in (
+        ("a = 3  # no type", "is not of the form"),
+        ("a: list = []  # x", "use str, int"),
+        ("a: int = f(3)  # x", "plain literal"),
+        ("a: int = (  # x", "not valid Python"),
+    ):
+        with pytest.raises(ParameterError, match=msg):
+            parse_parameters(bad)
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("false", False),
+        ("FALSE", False),
+        ("True", True),
+        ("1", True),
+        ("0", False),
+        (0, False),
+        (1, True),
+        ("yes", True),
+        (True, True),
+    ],
+)
+def test_bool_parameters_accept_true_false_one_zero(value, expected):
+    assert coerce_value("include_ov", "bool", value) is expected
+
+
+@pytest.mark.parametrize(
+    "type_name,value",
+    [
+        ("bool", "banana"),
+        ("bool", 2),
+        ("bool", "2"),
+        ("int", "1.5"),
+        ("int", 2.5),
+        ("int", True),
+        ("float", "x"),
+        ("float", False),
+        ("str", None),
+    ],
+)
+def test_bad_values_name_the_parameter_and_its_type(type_name, value):
+    with pytest.raises(ParameterError, match=f"parameter p must be .*got {value!r}"):
+        coerce_value("p", type_name, value)
+
+
+def test_numbers_and_strings_convert_to_the_declared_type():
+    declared = parse_parameters('n: int = 1  # x\nr: float = 0.5  # x\ns: str = ""  # x\n')
+    assert coerce_all(declared, {"n": "12", "r": "3", "s": 42}) == {"n": 12, "r": 3.0, "s": "42"}
+    assert coerce_value("n", "int", 4.0) == 4
+    with pytest.raises(ParameterError, match="unknown parameter.*zz.*n, r, s"):
+        coerce_all(declared, {"zz": 1})
+
+
+def test_report_is_the_markdown_cells_with_each_code_cells_outputs():
+    cells = [("markdown", "# T\n\nintro"), ("code", "x = 1"), ("markdown", "## A\n\nhow to read"), ("code", "y")]
+    md = assemble(cells, {1: ["out of x"], 3: ["table", "figure"], -1: ["unmatched"]}, ["## Run record"])
+    assert md.split("\n\n") == [
+        "# T",
+        "intro",
+        "out of x",
+        "## A",
+        "how to read",
+        "table",
+        "figure",
+        "unmatched",
+        "## Run record\n",
+    ]

@@ -1,0 +1,44 @@
+"""Notebook 02: exact per-head QK / OV spectra (and the head analysis of notebook 03).
+
+* :mod:`.heads`: :func:`layer_kernels` (one layer, a :class:`~utils.spectral.FactoredKernels`),
+  :func:`sweep_attention` (every layer, streamed), per-head summaries.
+* :mod:`.reference`: the dense d x d reference computation and the dense-vs-exact comparison.
+"""
+
+from .heads import (
+    CIRCUITS,
+    TITLES,
+    AttentionSweep,
+    head_details,
+    head_eigen_report,
+    head_table,
+    kv_head_index,
+    layer_kernels,
+    ov_kernels,
+    qk_kernels,
+    quartile_labels,
+    summarize_heads,
+    sweep_attention,
+    sweep_tables,
+)
+from .reference import dense_kernel_spectra, dense_vs_exact, match_eigenvalues
+
+__all__ = [
+    "CIRCUITS",
+    "TITLES",
+    "AttentionSweep",
+    "dense_kernel_spectra",
+    "dense_vs_exact",
+    "head_details",
+    "head_eigen_report",
+    "head_table",
+    "kv_head_index",
+    "layer_kernels",
+    "match_eigenvalues",
+    "ov_kernels",
+    "qk_kernels",
+    "quartile_labels",
+    "summarize_heads",
+    "sweep_attention",
+    "sweep_tables",
+]

@@ -1,0 +1,369 @@
+"""Feeding a frozen causal LM a context as tokens or as vectors, and measuring what it answers.
+
+A prompt is a list of *segments*: 1-D ``LongTensor`` token ids, or ``(k, d)`` float tensors that go
+straight into ``inputs_embeds``. Every mode uses the same chat scaffold::
+
+    [pre ids] [context: tokens | M vectors] [post ids: question + assistant header] ([anchor ids])
+
+Batches are left-padded with an attention mask and position ids ``cumsum(mask) - 1`` so a row's
+real tokens sit at positions 0..n-1 whatever its padding; greedy decoding reuses the KV cache.
+
+Modes (``MODES``):
+  text          context as tokens through ``input_ids``
+  text_embed    the same prompt through ``inputs_embeds`` (must reproduce ``text``)
+  anchor        ``text_embed`` plus an anchor string (e.g. "Answer:") before the answer
+  token_budget  the first M context tokens, question and scaffold whole
+  mean_pool     the context's token embeddings mean-pooled into M contiguous chunks (no training)
+  adapter       ``mean_pool`` vectors through a trained adapter
+  latent        a trained encoder's M vectors through its adapter (see :mod:`utils.latent_train`)
+All continuous vectors are rescaled to the RMS of the model's real token embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+MODES = ("text", "text_embed", "anchor", "token_budget", "mean_pool", "adapter", "latent")
+EMBED_MODES = ("text_embed", "anchor", "mean_pool", "adapter", "latent")
+CONTEXT_PLACEHOLDER = "\u0000CTX\u0000"
+
+
+# ----------------------------------------------------------------------------- model access
+def input_embedding(model) -> torch.nn.Embedding:
+    return model.get_input_embeddings()
+
+
+def embed_ids(model, ids: torch.Tensor) -> torch.Tensor:
+    """Token ids (...,) -> input embeddings (..., d) of the frozen model."""
+    emb = input_embedding(model)
+    return emb(ids.to(emb.weight.device))
+
+
+def token_embedding_rms(model) -> float:
+    """RMS of the real token embedding entries, sqrt(mean(E**2)) over the vocabulary."""
+    w = input_embedding(model).weight.detach().float()
+    return float(w.pow(2).mean().sqrt())
+
+
+def scale_to_rms(x: torch.Tensor, target_rms: float, eps: float = 1e-6) -> torch.Tensor:
+    """Rescale each vector (last dim) so that its RMS equals ``target_rms``."""
+    rms = x.float().pow(2).mean(-1, keepdim=True).add(eps).sqrt()
+    return (x * (target_rms / rms)).to(x.dtype)
+
+
+def hidden_and_logits(
+    model,
+    inputs_embeds=None,
+    input_ids=None,
+    attention_mask=None,
+    position_ids=None,
+    positions: torch.Tensor | None = None,
+    past_key_values=None,
+    use_cache=False,
+):
+    """Run the frozen LM; logits only where needed.
+
+    ``positions`` (B, P) long: the columns whose next-token logits are wanted (all columns if None).
+    Returns ``(logits (B, P, V) float32, past_key_values)``.
+    """
+    base = model.base_model
+    out = base(
+        input_ids=input_ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=past_key_values,
+        use_cache=use_cache,
+    )
+    h = out.last_hidden_state
+    if positions is not None:
+        h = torch.gather(h, 1, positions.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+    logits = model.get_output_embeddings()(h).float()
+    return logits, (out.past_key_values if use_cache else None)
+
+
+class _StopForward(Exception):
+    def __init__(self, value):
+        self.value = value
+
+
+def _decoder_layers(model):
+    base = model.base_model
+    for name in ("layers", "h", "blocks"):
+        layers = getattr(base, name, None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return layers
+    return None
+
+
+@torch.no_grad()
+def context_hidden_states(model, ids: torch.Tensor, mask: torch.Tensor, layer: int) -> torch.Tensor:
+    """Hidden states (B, T, d) of the frozen model's ``layer`` (0 = embeddings) over right-padded ids.
+
+    Equals ``output_hidden_states[layer]`` for ``0 <= layer < L``, but stops the forward pass after
+    decoder layer ``layer`` (a hook raises), so only ``layer / L`` of the model runs.
+    """
+    dev = input_embedding(model).weight.device
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    kw = dict(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev))
+    layers = _decoder_layers(model)
+    if layer == 0:
+        return embed_ids(model, ids)
+    if layers is not None and 0 < layer < len(layers):
+
+        def hook(_m, _inp, out):
+            raise _StopForward(out[0] if isinstance(out, tuple) else out)
+
+        h = layers[layer - 1].register_forward_hook(hook)
+        try:
+            model.base_model(**kw, use_cache=False)
+        except _StopForward as stop:
+            return stop.value
+        finally:
+            h.remove()
+    hs = model.base_model(**kw, output_hidden_states=True).hidden_states
+    if not -len(hs) <= layer < len(hs):
+        raise IndexError(f"hidden layer {layer} out of range: the model has {len(hs) - 1} layers")
+    return hs[layer]
+
+
+# ----------------------------------------------------------------------------- prompts
+@dataclass
+class Scaffold:
+    """The shared chat scaffold: ids before the context, and a function for the ids after it."""
+
+    tokenizer: object
+    pre_ids: torch.Tensor
+    post_template: tuple[str, str]  # text before / after the question, after the context
+    anchor: str
+    anchor_ids: torch.Tensor
+
+    def post_ids(self, question: str) -> torch.Tensor:
+        a, b = self.post_template
+        return encode(self.tokenizer, a + question + b)
+
+    def answer_ids(self, answer: str, anchored: bool = False) -> torch.Tensor:
+        """Gold answer tokens as the continuation (a leading space after an anchor)."""
+        return encode(self.tokenizer, (" " + answer.strip()) if anchored else answer.strip())
+
+
+def encode(tokenizer, text: str) -> torch.Tensor:
+    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+
+def make_scaffold(
+    tokenizer,
+    system_prompt: str = "Answer the question with a short span copied from the context.",
+    anchor: str = "Answer:",
+) -> Scaffold:
+    """Build the scaffold from the tokenizer's chat template (a plain fallback when it has none).
+
+    The user message is ``"Context:\\n{context}\\n\\nQuestion: {question}"``; the assistant turn is
+    opened by the template's generation prompt.
+    """
+    qmark = "\u0001Q\u0001"
+    user = f"Context:\n{CONTEXT_PLACEHOLDER}\n\nQuestion: {qmark}"
+    text = None
+    if getattr(tokenizer, "chat_template", None):
+        msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": user}
+        ]
+        try:
+            text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        except Exception:  # a template without system role support: fold it into the user turn
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": (system_prompt + "\n\n" + user) if system_prompt else user}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+    if text is None:
+        text = (system_prompt + "\n\n" if system_prompt else "") + user + "\nAnswer:"
+        anchor = ""
+    pre, post = text.split(CONTEXT_PLACEHOLDER)
+    qa, qb = post.split(qmark)
+    bos = getattr(tokenizer, "bos_token", None)
+    pre_ids = encode(tokenizer, pre)
+    if bos and not pre.startswith(bos) and getattr(tokenizer, "add_bos_token", False):
+        pre_ids = torch.cat([torch.tensor([tokenizer.bos_token_id]), pre_ids])
+    if anchor and qb.rstrip().endswith(anchor.strip()):
+        anchor = ""  # the scaffold already ends with the anchor: never append it twice
+    return Scaffold(
+        tokenizer, pre_ids, (qa, qb), anchor, encode(tokenizer, anchor) if anchor else torch.zeros(0, dtype=torch.long)
+    )
+
+
+@dataclass
+class EncodedExample:
+    """Token ids of one example's pieces (1-D long tensors)."""
+
+    pre: torch.Tensor
+    context: torch.Tensor
+    post: torch.Tensor
+    answer: torch.Tensor  # first gold answer, plain continuation
+    answer_anchored: torch.Tensor  # first gold answer after the anchor
+    anchor: torch.Tensor  # the scaffold's anchor ids
+
+
+def encode_examples(scaffold: Scaffold, examples, max_context_tokens: int | None = None) -> list[EncodedExample]:
+    """Tokenise the context, question and first gold answer of each example."""
+    out = []
+    for e in examples:
+        ctx = encode(scaffold.tokenizer, e.context)
+        if max_context_tokens:
+            ctx = ctx[:max_context_tokens]
+        out.append(
+            EncodedExample(
+                scaffold.pre_ids,
+                ctx,
+                scaffold.post_ids(e.question),
+                scaffold.answer_ids(e.answers[0]),
+                scaffold.answer_ids(e.answers[0], True),
+                scaffold.anchor_ids,
+            )
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- batching
+@dataclass
+class Batch:
+    inputs_embeds: torch.Tensor | None  # (B, T, d) when any segment is a vector
+    input_ids: torch.Tensor | None  # (B, T) when every segment is tokens
+    attention_mask: torch.Tensor  # (B, T) long, 0 on left padding
+    position_ids: torch.Tensor  # (B, T) long
+
+    @property
+    def size(self) -> int:
+        return self.attention_mask.shape[0]
+
+
+def assemble(
+    model,
+    prompts: Sequence[Sequence[torch.Tensor]],
+    pad_id: int,
+    as_embeds: bool,
+    right: Sequence[torch.Tensor] | None = None,
+) -> tuple[Batch, torch.Tensor]:
+    """Left-pad a batch of segment lists (plus optional right-padded continuation ids).
+
+    ``prompts[b]`` is a list of segments (1-D long ids or (k, d) vectors). ``right[b]`` (optional)
+    is a 1-D id tensor placed after the prompt; rows are left-padded to a common prompt length and
+    right-padded after the continuation. Returns ``(batch, prompt_end)`` where ``prompt_end[b]`` is
+    the column of the last prompt token (the same for every row).
+    """
+    emb = input_embedding(model)
+    dev, dtype = emb.weight.device, emb.weight.dtype
+    lens = [sum(s.shape[0] for s in p) for p in prompts]
+    rlens = [r.shape[0] for r in right] if right is not None else [0] * len(prompts)
+    T0, R = max(lens), max(rlens)
+    B = len(prompts)
+    mask = torch.zeros(B, T0 + R, dtype=torch.long)
+    ids = torch.full((B, T0 + R), pad_id, dtype=torch.long)
+    any_vec = any(s.dtype.is_floating_point for p in prompts for s in p)
+    if any_vec and not as_embeds:
+        raise ValueError("a prompt with vector segments must go through inputs_embeds (as_embeds=True)")
+    rows = []
+    for b, p in enumerate(prompts):
+        start = T0 - lens[b]
+        mask[b, start : T0 + rlens[b]] = 1
+        col, parts = start, []
+        for s in p:
+            if s.dtype.is_floating_point:
+                parts.append(s.to(dev, dtype))
+            else:
+                ids[b, col : col + s.shape[0]] = s
+                parts.append(None)
+            col += s.shape[0]
+        if right is not None:
+            ids[b, T0 : T0 + rlens[b]] = right[b]
+        rows.append(parts)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    if not as_embeds:
+        return Batch(None, ids.to(dev), mask.to(dev), pos.to(dev)), torch.full((B,), T0 - 1)
+    x = emb(ids.to(dev))
+    if any_vec:  # splice the vector segments in (keeps autograd through them)
+        out_rows = []
+        for b, p in enumerate(prompts):
+            start, pieces, col = T0 - lens[b], [x[b, : T0 - lens[b]]], T0 - lens[b]
+            for s, v in zip(p, rows[b]):
+                pieces.append(v if v is not None else x[b, col : col + s.shape[0]])
+                col += s.shape[0]
+            pieces.append(x[b, T0:])
+            out_rows.append(torch.cat(pieces, 0))
+        x = torch.stack(out_rows, 0)
+    return Batch(x, None, mask.to(dev), pos.to(dev)), torch.full((B,), T0 - 1)
+
+
+# ----------------------------------------------------------------------------- context representations
+def chunk_mean_pool(vectors: torch.Tensor, M: int) -> torch.Tensor:
+    """Mean of ``M`` contiguous, near-equal chunks of a (n, d) sequence -> (M, d).
+
+    Chunk j holds positions ``floor(j*n/M) .. floor((j+1)*n/M) - 1``; when n < M a chunk that would
+    be empty takes the single token at ``floor(j*n/M)``.
+    """
+    n = vectors.shape[0]
+    if n == 0:
+        raise ValueError("cannot pool an empty context")
+    out = []
+    for j in range(M):
+        a, b = (j * n) // M, ((j + 1) * n) // M
+        out.append(vectors[min(a, n - 1) : max(b, min(a, n - 1) + 1)].mean(0))
+    return torch.stack(out, 0)
+
+
+def mean_pool_vectors(model, ctx_ids: Sequence[torch.Tensor], M: int, target_rms: float) -> list[torch.Tensor]:
+    """The ``mean_pool`` mode's M vectors per example (no training), RMS-matched."""
+    with torch.no_grad():
+        return [scale_to_rms(chunk_mean_pool(embed_ids(model, c), M), target_rms) for c in ctx_ids]
+
+
+def pad_right(seqs: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D id tensors -> (ids (B, T), mask (B, T))."""
+    T = max(max(s.shape[0] for s in seqs), 1)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, : s.shape[0]] = s
+        mask[b, : s.shape[0]] = 1
+    return ids, mask
+
+
+def build_prompts(
+    mode: str,
+    encoded: Sequence[EncodedExample],
+    scaffold: Scaffold,
+    model,
+    M: int,
+    target_rms: float,
+    context_vectors: Callable | None = None,
+    anchored: bool | None = None,
+) -> list[list[torch.Tensor]]:
+    """Segment lists for ``mode`` (see module docstring).
+
+    ``anchored`` appends the anchor ids after the question (default: only in the ``anchor`` mode;
+    the notebook can anchor the compressed modes too so that every compared mode answers in the
+    same format).
+
+    ``context_vectors(list of ctx ids) -> list of (M, d)`` supplies the vectors of the
+    ``adapter`` and ``latent`` modes (trained components, see :mod:`utils.latent_train`).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+    if anchored is None or mode == "anchor":
+        anchored = anchored or mode == "anchor"
+    tail = [scaffold.anchor_ids] if anchored and scaffold.anchor_ids.numel() else []
+    if mode in ("text", "text_embed", "anchor"):
+        return [[e.pre, e.context, e.post] + tail for e in encoded]
+    if mode == "token_budget":
+        return [[e.pre, e.context[:M], e.post] + tail for e in encoded]
+    if mode == "mean_pool":
+        vecs = mean_pool_vectors(model, [e.context for e in encoded], M, target_rms)
+    else:
+        if context_vectors is None:
+            raise ValueError(f"mode {mode!r} needs trained context_vectors (train the encoder first)")
+        with torch.no_grad():
+            vecs = context_vectors([e.context for e in encoded])
+    return [[e.pre, v, e.post] + tail for e, v in zip(encoded, vecs)]

@@ -1,0 +1,344 @@
+"""Extractive QA data: SQuAD v1.1 / v2.0 JSON files, a hub dataset, and a seeded synthetic set.
+
+Everything ends up as a list of :class:`QAExample`. The synthetic generator writes the official
+SQuAD JSON layout (``{"version", "data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}``),
+so the same loader reads it; its passages are a few short factual sentences in random order and
+every sentence gets a question, so an answer is equally likely to sit anywhere in the passage.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class SquadFormatError(ValueError):
+    """A file or object that is not valid SQuAD JSON; the message names where and what."""
+
+
+@dataclass
+class QAExample:
+    id: str
+    question: str
+    context: str
+    answers: list[str]  # gold answer texts (duplicates kept, as in SQuAD)
+    answer_starts: list[int] = field(default_factory=list)  # character offsets in ``context``
+    title: str = ""
+    paragraph_answers: list[str] = field(default_factory=list)  # answers of every question on this context
+
+
+def _err(where: str, what: str) -> SquadFormatError:
+    return SquadFormatError(
+        f"malformed SQuAD data at {where}: {what}. Expected the official SQuAD "
+        "v1.1/v2.0 layout {'data': [{'title', 'paragraphs': [{'context', 'qas': "
+        "[{'id', 'question', 'answers': [{'text', 'answer_start'}]}]}]}]}."
+    )
+
+
+def parse_squad(obj: Any, source: str = "<object>") -> tuple[list[QAExample], dict]:
+    """Examples from a parsed SQuAD JSON object.
+
+    SQuAD v2.0 questions marked ``is_impossible`` (or with no answers) are skipped and counted.
+    Returns ``(examples, stats)`` with ``stats = {"questions", "kept", "skipped_unanswerable",
+    "paragraphs", "version"}``. Raises :class:`SquadFormatError` naming the first problem.
+    """
+    if not isinstance(obj, dict) or "data" not in obj:
+        raise _err(source, "the top level must be an object with a 'data' list")
+    data = obj["data"]
+    if not isinstance(data, list):
+        raise _err(f"{source}:data", "'data' must be a list of articles")
+    out: list[QAExample] = []
+    n_q = n_skip = n_par = 0
+    for ai, art in enumerate(data):
+        where_a = f"{source}:data[{ai}]"
+        if not isinstance(art, dict) or not isinstance(art.get("paragraphs"), list):
+            raise _err(where_a, "each article must be an object with a 'paragraphs' list")
+        title = str(art.get("title", ""))
+        for pi, par in enumerate(art["paragraphs"]):
+            where_p = f"{where_a}.paragraphs[{pi}]"
+            if not isinstance(par, dict) or not isinstance(par.get("context"), str):
+                raise _err(where_p, "each paragraph needs a string 'context'")
+            if not isinstance(par.get("qas"), list):
+                raise _err(where_p, "each paragraph needs a 'qas' list")
+            n_par += 1
+            ctx = par["context"]
+            par_examples = []
+            for qi, qa in enumerate(par["qas"]):
+                where_q = f"{where_p}.qas[{qi}]"
+                if not isinstance(qa, dict) or not isinstance(qa.get("question"), str):
+                    raise _err(where_q, "each qa needs a string 'question'")
+                answers = qa.get("answers", [])
+                if not isinstance(answers, list):
+                    raise _err(where_q, "'answers' must be a list")
+                n_q += 1
+                if qa.get("is_impossible", False) or len(answers) == 0:
+                    n_skip += 1
+                    continue
+                texts, starts = [], []
+                for ki, a in enumerate(answers):
+                    if not isinstance(a, dict) or not isinstance(a.get("text"), str):
+                        raise _err(f"{where_q}.answers[{ki}]", "each answer needs a string 'text'")
+                    texts.append(a["text"])
+                    starts.append(int(a.get("answer_start", -1)))
+                qid = str(qa.get("id", f"{ai}-{pi}-{qi}"))
+                par_examples.append(QAExample(qid, qa["question"], ctx, texts, starts, title))
+            union = sorted({t for e in par_examples for t in e.answers})
+            for e in par_examples:
+                e.paragraph_answers = union
+            out.extend(par_examples)
+    stats = {
+        "questions": n_q,
+        "kept": len(out),
+        "skipped_unanswerable": n_skip,
+        "paragraphs": n_par,
+        "version": str(obj.get("version", "")),
+    }
+    return out, stats
+
+
+def load_squad_json(path: str | Path) -> tuple[list[QAExample], dict]:
+    """Read a SQuAD v1.1 / v2.0 JSON file; see :func:`parse_squad` for the return value."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"SQuAD file {path} does not exist: pass the path of a SQuAD v1.1/v2.0 "
+            "JSON file (e.g. ../shared/data/squad-v1.1-dev-part-a.json)"
+        )
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SquadFormatError(f"{path} is not valid JSON ({e}); expected a SQuAD v1.1/v2.0 file") from e
+    return parse_squad(obj, source=str(path))
+
+
+def load_hub_squad(name: str = "rajpurkar/squad", split: str = "validation") -> tuple[list[QAExample], dict]:
+    """A SQuAD-style dataset from the Hugging Face hub (needs the ``datasets`` package and network)."""
+    try:
+        import datasets  # type: ignore
+    except ImportError as e:
+        raise ImportError(
+            "loading a hub dataset needs the `datasets` package (pip install datasets); "
+            "offline, pass a local SQuAD JSON path instead"
+        ) from e
+    ds = datasets.load_dataset(name, split=split)
+    out, n_skip = [], 0
+    for i, r in enumerate(ds):
+        ans = r.get("answers") or {}
+        texts = list(ans.get("text", []))
+        if not texts:
+            n_skip += 1
+            continue
+        out.append(
+            QAExample(
+                str(r.get("id", i)),
+                r["question"],
+                r["context"],
+                texts,
+                [int(s) for s in ans.get("answer_start", [-1] * len(texts))],
+                r.get("title", ""),
+            )
+        )
+    by_ctx: dict[str, set] = {}
+    for e in out:
+        by_ctx.setdefault(e.context, set()).update(e.answers)
+    for e in out:
+        e.paragraph_answers = sorted(by_ctx[e.context])
+    return out, {
+        "questions": len(out) + n_skip,
+        "kept": len(out),
+        "skipped_unanswerable": n_skip,
+        "paragraphs": len(by_ctx),
+        "version": name,
+    }
+
+
+# ----------------------------------------------------------------------------- synthetic set
+_FIRST = [
+    "Anna",
+    "Boris",
+    "Clara",
+    "Dmitri",
+    "Elena",
+    "Farid",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Kira",
+    "Lukas",
+    "Maya",
+    "Nils",
+    "Olga",
+    "Pavel",
+    "Rosa",
+    "Samir",
+    "Tara",
+    "Viktor",
+    "Wanda",
+    "Yusuf",
+    "Zora",
+    "Emil",
+    "Lena",
+    "Oskar",
+    "Nora",
+    "Felix",
+    "Ida",
+    "Marco",
+]
+_LAST = [
+    "Berg",
+    "Costa",
+    "Dahl",
+    "Eklund",
+    "Fischer",
+    "Garcia",
+    "Holm",
+    "Ivanova",
+    "Jensen",
+    "Kowalski",
+    "Lind",
+    "Moreau",
+    "Novak",
+    "Okafor",
+    "Petrov",
+    "Quinn",
+    "Rossi",
+    "Sato",
+    "Torres",
+    "Urban",
+    "Varga",
+    "Weber",
+    "Young",
+    "Ziegler",
+]
+_CITY = [
+    "Oslo",
+    "Lisbon",
+    "Cairo",
+    "Lima",
+    "Dublin",
+    "Vienna",
+    "Nairobi",
+    "Hanoi",
+    "Quito",
+    "Riga",
+    "Porto",
+    "Seoul",
+    "Denver",
+    "Madrid",
+    "Prague",
+    "Tunis",
+    "Perth",
+    "Bergen",
+    "Krakow",
+    "Milan",
+]
+_JOB = [
+    "baker",
+    "pilot",
+    "nurse",
+    "teacher",
+    "carpenter",
+    "chemist",
+    "farmer",
+    "lawyer",
+    "plumber",
+    "dentist",
+    "painter",
+    "librarian",
+    "butcher",
+    "sailor",
+    "architect",
+    "tailor",
+]
+_COLOR = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "grey", "brown"]
+_THING = ["car", "bicycle", "boat", "umbrella", "jacket", "house", "kite", "guitar"]
+_FOOD = ["pizza", "rice", "soup", "pasta", "bread", "curry", "salad", "cheese", "noodles", "apples"]
+_PET = ["cat", "dog", "parrot", "rabbit", "turtle", "horse", "goat", "hamster"]
+_INSTR = ["violin", "piano", "flute", "drums", "cello", "trumpet", "harp", "banjo"]
+
+# (sentence template, question template, answer slot); slots are filled per sentence.
+_TEMPLATES = [
+    ("{p} lives in {city}.", "Where does {p} live?", "city"),
+    ("{p} works as a {job}.", "What is the job of {p}?", "job"),
+    ("{p} owns a {color} {thing}.", "What color is the {thing} of {p}?", "color"),
+    ("{p} was born in {year}.", "In which year was {p} born?", "year"),
+    ("The favourite food of {p} is {food}.", "What is the favourite food of {p}?", "food"),
+    ("{p} has a pet {pet} named {pname}.", "What is the name of the pet {pet} of {p}?", "pname"),
+    ("{p} plays the {instr} every evening.", "Which instrument does {p} play?", "instr"),
+    ("{p} bought {num} tickets for the concert.", "How many tickets did {p} buy?", "num"),
+]
+
+
+def make_synthetic_squad(
+    n_paragraphs: int, seed: int = 0, min_sentences: int = 4, max_sentences: int = 6, title: str = "synthetic"
+) -> dict:
+    """A seeded synthetic extractive QA set in SQuAD v1.1 JSON layout.
+
+    Each paragraph has ``min_sentences..max_sentences`` sentences, each about a different person,
+    drawn from eight fact templates (with replacement), and one question per sentence whose answer
+    is a span of that sentence. Returns the SQuAD dict (``version`` = ``"synthetic-1"``).
+    """
+    if n_paragraphs < 1 or min_sentences < 1 or max_sentences < min_sentences:
+        raise ValueError("need n_paragraphs >= 1 and 1 <= min_sentences <= max_sentences")
+    rng = random.Random(seed)
+    pars = []
+    for pi in range(n_paragraphs):
+        k = rng.randint(min_sentences, max_sentences)
+        people = set()
+        while len(people) < k:
+            people.add(f"{rng.choice(_FIRST)} {rng.choice(_LAST)}")
+        people = sorted(people)
+        rng.shuffle(people)
+        sentences, qas_spec = [], []
+        for p in people:
+            tpl, qtpl, slot = rng.choice(_TEMPLATES)
+            vals = {
+                "p": p,
+                "city": rng.choice(_CITY),
+                "job": rng.choice(_JOB),
+                "color": rng.choice(_COLOR),
+                "thing": rng.choice(_THING),
+                "year": str(rng.randint(1900, 2010)),
+                "food": rng.choice(_FOOD),
+                "pet": rng.choice(_PET),
+                "pname": rng.choice(_FIRST),
+                "instr": rng.choice(_INSTR),
+                "num": str(rng.randint(2, 99)),
+            }
+            while slot == "pname" and vals["pname"] == p.split()[0]:
+                vals["pname"] = rng.choice(_FIRST)
+            sentences.append((tpl.format(**vals), tpl, vals))
+            qas_spec.append((qtpl.format(**vals), vals[slot], slot))
+        context, offsets = "", []
+        for s, _, _ in sentences:
+            if context:
+                context += " "
+            offsets.append(len(context))
+            context += s
+        qas = []
+        for si, ((_, tpl, vals), (q, ans, slot)) in enumerate(zip(sentences, qas_spec)):
+            # the answer's offset inside its own sentence: locate the slot placeholder in the template
+            pre = tpl.split("{" + slot + "}")[0].format(**vals)
+            start = offsets[si] + len(pre)
+            assert context[start : start + len(ans)] == ans
+            qas.append({"id": f"syn{seed}-{pi}-{si}", "question": q, "answers": [{"text": ans, "answer_start": start}]})
+        pars.append({"context": context, "qas": qas})
+    return {"version": "synthetic-1", "data": [{"title": title, "paragraphs": pars}]}
+
+
+def synthetic_examples(n_paragraphs: int, seed: int = 0, **kw) -> list[QAExample]:
+    """Examples of :func:`make_synthetic_squad` (every question of every paragraph)."""
+    return parse_squad(make_synthetic_squad(n_paragraphs, seed=seed, **kw), source="synthetic")[0]
+
+
+def one_question_per_context(examples: Sequence[QAExample], seed: int = 0) -> list[QAExample]:
+    """Keep one random question per distinct context (independent evaluation items), in first-seen order."""
+    rng = random.Random(seed)
+    groups: dict[str, list[QAExample]] = {}
+    for e in examples:
+        groups.setdefault(e.context, []).append(e)
+    return [rng.choice(g) for g in groups.values()]

@@ -1,0 +1,67 @@
+"""The runner's child process: execute one notebook with papermill (see :mod:`utils.running.runner`).
+
+    python -m utils.running.child '{"source": ..., "output": ..., "parameters": {...}, ...}'
+
+Exit code 0 when every cell ran, 3 when a cell raised (details in ``.child-error.json`` next to the
+output notebook), 4 for any other failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from ..files import atomic_write_json
+from .paths import PROJECT_ROOT
+from .runner import CHILD_ERROR, KERNELSPEC, to_ipynb
+
+
+def _ipc_kernel_manager():
+    """A kernel manager that talks to the kernel over local IPC sockets, not TCP ports."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            # a socket path of this run alone: kernels started side by side must not share one
+            kw.setdefault("transport", "ipc")
+            kw.setdefault("ip", os.path.join(tempfile.gettempdir(), f"tspectra-kernel-{uuid.uuid4().hex[:12]}"))
+            super().__init__(**kw)
+
+    return IPCKernelManager
+
+
+def main(argv=None) -> int:
+    import papermill as pm
+
+    args = json.loads((argv or sys.argv[1:])[0])
+    src, out = Path(args["source"]), Path(args["output"])
+    err_path = out.parent / CHILD_ERROR
+    try:
+        with tempfile.TemporaryDirectory() as td:
+            inp = Path(td) / (src.stem + ".ipynb")
+            to_ipynb(src, inp)
+            pm.execute_notebook(
+                str(inp),
+                str(out),
+                parameters=args["parameters"],
+                kernel_name=KERNELSPEC["name"],
+                cwd=str(PROJECT_ROOT),
+                progress_bar=bool(args.get("progress")),
+                execution_timeout=args.get("timeout"),
+                kernel_manager_class=_ipc_kernel_manager(),
+            )
+    except pm.PapermillExecutionError as e:
+        atomic_write_json(err_path, {"ename": e.ename, "evalue": str(e.evalue), "exec_count": e.exec_count})
+        return 3
+    except Exception as e:  # kernel died, bad notebook, ...
+        atomic_write_json(err_path, {"ename": type(e).__name__, "evalue": str(e)})
+        return 4
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""A notebook run: its staged output folder, typed parameters, timings, files, report and record.
+
+Every notebook calls :func:`start_run` once, right after its parameters cell::
+
+    run = start_run("01_weight_ranks", globals(), positive=("top_k",))
+
+which reads the notebook's ``parameters`` cell, converts every parameter in ``globals()`` to its
+declared type (writing the converted value back), checks the shared rules, and opens the run
+folder. Then::
+
+    with run.timer("sweep"):
+        ...
+    run.save_csv(df, "weight_ranks.csv")       # a result file
+    run.show(df_table)                          # on screen and in the report (tables, figures, text)
+    run.finish()                                # report.md / report.html, run.json status "complete"
+
+Staging. A run writes into a hidden staging folder next to its final place,
+``<root>/<notebook>/.<run name>.staging-<id>/``; :meth:`Run.finish` swaps it in whole, so a
+folder under a run's name always holds one complete run. Under the runner
+(:mod:`utils.running.runner`) the runner owns the staging folder (``TSPECTRA_STAGE_DIR``) and
+does the swap, recording ``failed`` and ``interrupted`` runs as well.
+
+``run.json`` holds: notebook, run name, status, start and end times (UTC), the exact parameters,
+package versions, timings, the file list, the kernel's process id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import io
+import os
+import platform
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, json_text, write_jsonl
+from .params import check_choice, check_nonnegative, check_positive, coerce_all, notebook_parameters
+from .paths import check_run_name, notebook_source, output_root, run_dir
+from .report import assemble, df_to_md, markdown_to_html, md_table, normalize_code, source_cells
+
+STAGE_ENV = "TSPECTRA_STAGE_DIR"
+STATUSES = ("running", "complete", "failed", "interrupted")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Versions of Python and the packages a result depends on."""
+    from importlib import metadata
+
+    names = (
+        "torch",
+        "transformers",
+        "numpy",
+        "pandas",
+        "gguf",
+        "safetensors",
+        "h5py",
+        "matplotlib",
+        "seaborn",
+        "papermill",
+    ) + tuple(extra)
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for n in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[n] = metadata.version(n)
+    try:
+        import torch
+
+        out["cuda_available"] = str(torch.cuda.is_available())
+        if torch.cuda.is_available():
+            out["cuda_device"] = torch.cuda.get_device_name(0)
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def stage_dir_for(final: Path) -> Path:
+    """A fresh hidden staging folder next to ``final``."""
+    return final.parent / f".{final.name}.staging-{uuid.uuid4().hex[:10]}"
+
+
+def swap_in(stage: Path, final: Path) -> None:
+    """Replace ``final`` by the folder ``stage`` (the old one is removed after the swap)."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:10]}"
+        os.replace(final, old)
+    os.replace(stage, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def clean_stale_stages(final: Path) -> None:
+    """Remove staging folders of ``final`` left by processes that no longer run."""
+    import json
+
+    for d in final.parent.glob(f".{final.name}.staging-*"):
+        try:
+            pid = json.loads((d / "run.json").read_text()).get("pid")
+        except (OSError, ValueError):
+            pid = None
+        if pid is None or not _pid_alive(pid) or int(pid) == os.getpid():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class Run:
+    """One notebook run (see module docstring)."""
+
+    def __init__(
+        self,
+        notebook: str,
+        run_name: str,
+        params: dict,
+        root: str | os.PathLike,
+        stage: str | os.PathLike | None = None,
+    ):
+        self.notebook = notebook
+        self.run_name = check_run_name(run_name)
+        self.final_dir = run_dir(root, notebook, run_name)
+        self.owns_stage = stage is None
+        if stage is None:
+            self.final_dir.parent.mkdir(parents=True, exist_ok=True)
+            clean_stale_stages(self.final_dir)
+            stage = stage_dir_for(self.final_dir)
+        self.dir = Path(stage)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.params = dict(params)
+        self.timings: dict[str, float] = {}
+        self.files: list[str] = []
+        self.started = utc_now()
+        self.versions = package_versions()
+        self.status = "running"
+        self._t0 = time.perf_counter()
+        self._outputs: dict[int, list[str]] = {}
+        self._cell_runs: dict[int, int] = {}
+        self._last_cell = -1
+        try:
+            self._cells = source_cells(notebook_source(notebook))
+        except FileNotFoundError:
+            self._cells = []
+        self._code_index = {normalize_code(s): i for i, (k, s) in enumerate(self._cells) if k == "code"}
+        self._write_record()
+
+    # -- paths and timing --------------------------------------------------------------------
+    def path(self, name: str) -> Path:
+        """Path of an output file of this run (in the staging folder until the run is finished)."""
+        return self.dir / name
+
+    @contextlib.contextmanager
+    def timer(self, label: str) -> Iterator[None]:
+        """Time a block; the seconds go into ``run.json`` and the report's run record."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[label] = round(self.timings.get(label, 0.0) + time.perf_counter() - t, 4)
+            self._write_record()
+
+    def earlier_attempts(self) -> list[Path]:
+        """Folders of earlier attempts of this run name (complete, interrupted, failed), newest first."""
+        cands = [self.final_dir] + [self.final_dir.with_name(f"{self.run_name}.{s}") for s in ("interrupted", "failed")]
+        return sorted((d for d in cands if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
+
+    def carry_over(self, name: str) -> Path | None:
+        """Copy file or folder ``name`` from the newest earlier attempt that has it into this run
+        (to resume from its checkpoints); returns the copy, or None when no attempt has it."""
+        for d in self.earlier_attempts():
+            src = d / name
+            if src.exists():
+                dst = self.dir / name
+                if src.is_dir():
+                    shutil.copytree(src, dst, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(src, dst)
+                return dst
+        return None
+
+    # -- result files --------------------------------------------------------------------------
+    def register(self, name: str) -> Path:
+        """Record a file written into the run folder by other means (h5py, torch.save)."""
+        if not (self.dir / name).exists():
+            raise FileNotFoundError(f"{self.dir / name} does not exist; write it before registering it")
+        if name not in self.files:
+            self.files.append(name)
+        self._write_record()
+        return self.dir / name
+
+    def save_text(self, text: str, name: str) -> Path:
+        atomic_write_text(self.dir / name, text)
+        return self.register(name)
+
+    def save_json(self, obj: Any, name: str) -> Path:
+        atomic_write_json(self.dir / name, obj)
+        return self.register(name)
+
+    def save_jsonl(self, rows, name: str) -> Path:
+        write_jsonl(self.dir / name, rows)
+        return self.register(name)
+
+    def save_csv(self, df, name: str, index: bool = False) -> Path:
+        return self.save_text(df.to_csv(index=index), name)
+
+    def save_figure(self, fig, name: str, dpi: int = 120) -> str:
+        """Save a matplotlib figure as PNG in the run folder; returns the file name."""
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        atomic_write_bytes(self.dir / name, buf.getvalue())
+        self.register(name)
+        return name
+
+    # -- the report ----------------------------------------------------------------------------
+    def show(
+        self,
+        obj,
+        name: str | None = None,
+        caption: str | None = None,
+        digits: int = 4,
+        index: bool = False,
+        details: str | None = None,
+    ) -> None:
+        """Put ``obj`` on screen and into the report, after the markdown of the current cell.
+
+        ``obj``: a matplotlib figure (saved as ``name``, a PNG, then closed), a DataFrame (a
+        markdown table with ``digits`` significant digits), or a markdown string. ``caption``:
+        a line under it saying how to read it. ``details``: fold it under this summary line.
+        """
+        md, png = self._render(obj, name, digits, index)
+        if caption:
+            md += f"\n\n*{caption}*"
+        if details:
+            md = f"<details><summary>{details}</summary>\n\n{md}\n\n</details>"
+        self._record(md)
+        _display(md, png)
+
+    def _render(self, obj, name, digits, index):
+        if hasattr(obj, "savefig"):
+            import matplotlib.pyplot as plt
+
+            if not name:
+                raise ValueError("a figure needs a file name, e.g. run.show(fig, 'ranks.png')")
+            self.save_figure(obj, name)
+            plt.close(obj)
+            alt = name.rsplit(".", 1)[0].replace("_", " ")
+            return f"![{alt}]({name})", (self.dir / name).read_bytes()
+        if hasattr(obj, "to_csv") and hasattr(obj, "columns"):
+            return df_to_md(obj, digits, index=index), None
+        return str(obj), None
+
+    def _record(self, md: str) -> None:
+        cell = self._current_cell()
+        count = _execution_count()
+        if cell >= 0 and self._cell_runs.get(cell) != count:  # a re-executed cell replaces its outputs
+            self._outputs[cell] = []
+            self._cell_runs[cell] = count
+        self._outputs.setdefault(cell, []).append(md)
+
+    def _current_cell(self) -> int:
+        code = _current_code()
+        if code is not None:
+            i = self._code_index.get(normalize_code(code))
+            if i is not None:
+                self._last_cell = i
+                return i
+        return -1 if self._last_cell < 0 else self._last_cell
+
+    def report_markdown(self) -> str:
+        return assemble(self._cells, self._outputs, [self.record_markdown()])
+
+    def finish(self) -> Path:
+        """Write ``report.md`` and ``report.html``, mark the run complete and (when this run owns
+        its staging folder) swap it into place. Returns the final run folder."""
+        md = self.report_markdown()
+        self.save_text(md, "report.md")
+        title = next((ln.lstrip("# ").strip() for ln in md.splitlines() if ln.startswith("# ")), self.notebook)
+        self.save_text(markdown_to_html(md, self.dir, title=f"{title} ({self.run_name})"), "report.html")
+        self.status = "complete"
+        self._write_record()
+        if self.owns_stage:
+            swap_in(self.dir, self.final_dir)
+            self.dir = self.final_dir
+        print(f"report: {self.final_dir / 'report.md'}")
+        return self.final_dir
+
+    # -- the record -----------------------------------------------------------------------------
+    def record(self) -> dict:
+        return {
+            "notebook": self.notebook,
+            "run_name": self.run_name,
+            "status": self.status,
+            "started_utc": self.started,
+            "ended_utc": utc_now() if self.status != "running" else None,
+            "elapsed_s": round(time.perf_counter() - self._t0, 3),
+            "params": self.params,
+            "versions": self.versions,
+            "timings_s": self.timings,
+            "files": self.files,
+            "pid": os.getpid(),
+            "host": platform.node(),
+        }
+
+    def record_markdown(self) -> str:
+        return "\n".join(
+            [
+                "## Run record",
+                "",
+                f"Notebook `{self.notebook}`, run `{self.run_name}`, started {self.started} (UTC).",
+                "",
+                "### Parameters",
+                "",
+                md_table(["parameter", "value"], [[k, f"`{v!r}`"] for k, v in self.params.items()]),
+                "",
+                "### Timings",
+                "",
+                md_table(["step", "seconds"], [[k, f"{v:.2f}"] for k, v in self.timings.items()]),
+                "",
+                "### Versions",
+                "",
+                md_table(["package", "version"], [[k, v] for k, v in self.versions.items()]),
+                "",
+            ]
+        )
+
+    def _write_record(self) -> None:
+        atomic_write_text(self.dir / "run.json", json_text(self.record()))
+
+
+def _kernel():
+    try:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+    except ImportError:
+        return None
+    return ip
+
+
+def _current_code() -> str | None:
+    ip = _kernel()
+    if ip is None:
+        return None
+    try:
+        return ip.kernel.get_parent("shell")["content"]["code"]
+    except Exception:  # not an ipykernel, or no parent message
+        ih = ip.user_ns.get("_ih") or []
+        return ih[-1] if ih else None
+
+
+def _execution_count() -> int:
+    ip = _kernel()
+    return int(getattr(ip, "execution_count", 0) or 0) if ip is not None else 0
+
+
+def _display(md: str, png: bytes | None) -> None:
+    ip = _kernel()
+    if ip is None or type(ip).__name__ != "ZMQInteractiveShell":
+        if png is None:
+            print(md)
+        return
+    from IPython.display import Image, Markdown, display
+
+    display(Image(data=png) if png is not None else Markdown(md))
+
+
+def start_run(
+    notebook: str,
+    namespace: dict,
+    positive: Iterable[str] = (),
+    nonnegative: Iterable[str] = (),
+    choices: dict | None = None,
+) -> Run:
+    """Read, type and check the notebook's parameters from ``namespace`` and open its run folder.
+
+    Every declared parameter is taken from ``namespace`` (its default when absent), converted to
+    its declared type and written back. ``positive`` / ``nonnegative`` name parameters that must
+    be > 0 / >= 0; ``choices`` maps a parameter to its allowed values; a ``device`` parameter is
+    resolved (``auto`` becomes ``cpu`` or ``cuda``). Nothing is created before the checks pass.
+    """
+    declared = notebook_parameters(notebook_source(notebook))
+    given = {p.name: namespace.get(p.name, p.default) for p in declared}
+    values = coerce_all(declared, given)
+    check_positive(**{k: values[k] for k in positive})
+    check_nonnegative(**{k: values[k] for k in nonnegative})
+    for k, allowed in (choices or {}).items():
+        check_choice(k, values[k], allowed)
+    params = dict(values)  # as given (typed); the record keeps "auto", the code gets the device
+    if "device" in values:
+        from ..device import resolve_device
+
+        values["device"] = str(resolve_device(values["device"]))
+    check_run_name(values.get("run_name", "default"))
+    namespace.update(values)
+    root = output_root(values.get("output_root"))
+    stage = os.environ.get(STAGE_ENV) or None
+    return Run(notebook, values.get("run_name", "default"), params, root, stage=stage)

@@ -1,0 +1,125 @@
+"""Reports: markdown helpers, the report assembled from a notebook's own cells, and its HTML.
+
+One narrative. A notebook's markdown cells say what each section asks and how to read it; its code
+cells put results on screen with :meth:`utils.running.Run.show`. The report is assembled from the
+same two things: every markdown cell of the notebook source, in order, with the outputs shown by
+the code cell that follows it. Nothing is written twice, so the notebook and the report cannot
+drift apart. ``report.md`` embeds figures as PNG files of the run folder; ``report.html`` is a
+self-contained rendering (figures inlined) readable without the repository.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+
+# ----------------------------------------------------------------------------- markdown helpers
+def fmt(x, digits: int = 4) -> str:
+    """A number for a table: ints as ints, floats with ``digits`` significant digits."""
+    if x is None:
+        return ""
+    if isinstance(x, (bool, int)):
+        return str(x)
+    try:
+        xf = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(xf):
+        return "nan"
+    if math.isinf(xf):
+        return "inf" if xf > 0 else "-inf"
+    if xf == int(xf) and abs(xf) < 1e15 and not isinstance(x, float):
+        return str(int(xf))
+    return f"{xf:.{digits}g}"
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence], digits: int = 4) -> str:
+    """A GitHub-flavoured markdown table; cells go through :func:`fmt`."""
+    header = [str(h) for h in header]
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(fmt(c, digits).replace("|", "\\|").replace("\n", " ") for c in r) + " |")
+    return "\n".join(out)
+
+
+def df_to_md(df, digits: int = 4, index: bool = False) -> str:
+    """A pandas DataFrame as a markdown table."""
+    cols = [str(c) for c in df.columns]
+    if index:
+        name = df.index.name or ""
+        return md_table([name] + cols, ([i] + list(r) for i, r in zip(df.index, df.itertuples(index=False))), digits)
+    return md_table(cols, (list(r) for r in df.itertuples(index=False)), digits)
+
+
+def md_image(path: str, alt: str) -> str:
+    return f"![{alt}]({path})"
+
+
+# ----------------------------------------------------------------------------- assembly
+def normalize_code(src: str) -> str:
+    return "\n".join(line.rstrip() for line in src.strip().splitlines())
+
+
+def source_cells(path: str | Path) -> list[tuple[str, str]]:
+    """``(cell_type, source)`` of every cell of a jupytext ``.py`` notebook (the parameters cell excluded)."""
+    import jupytext
+
+    nb = jupytext.read(Path(path))
+    return [(c.cell_type, c.source) for c in nb.cells if "parameters" not in c.metadata.get("tags", [])]
+
+
+def assemble(cells: list[tuple[str, str]], outputs: dict[int, list[str]], extra: Iterable[str] = ()) -> str:
+    """The report: markdown cells verbatim and, after each code cell, the outputs it showed.
+
+    ``outputs`` maps a cell's position in ``cells`` to its markdown snippets; the key ``-1``
+    collects outputs of code that matched no source cell (placed at the end).
+    """
+    parts = []
+    for i, (kind, src) in enumerate(cells):
+        if kind == "markdown":
+            parts.append(src.strip())
+        parts.extend(outputs.get(i, []))
+    parts.extend(outputs.get(-1, []))
+    parts.extend(extra)
+    return "\n\n".join(p for p in parts if p.strip()) + "\n"
+
+
+# ----------------------------------------------------------------------------- HTML
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1.2em;line-height:1.5;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.88em;display:block;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto}
+code{background:#f5f5f5;padding:0 3px;border-radius:3px}pre{background:#f5f5f5;padding:0.8em;overflow-x:auto}
+details{margin:0.8em 0}.caption{font-style:italic;color:#555}
+"""
+
+
+def markdown_to_html(markdown: str, base_dir: str | Path, title: str = "report") -> str:
+    """A self-contained HTML page for ``markdown``: local images inlined as base64 PNG data."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": True}).enable("table")
+    body = md.render(markdown)
+    base = Path(base_dir)
+
+    def inline(m):
+        src = html.unescape(m.group(2))
+        p = base / src
+        if src.startswith(("data:", "http:", "https:")) or not p.is_file():
+            return m.group(0)
+        mime = "image/png" if p.suffix.lower() == ".png" else "image/" + p.suffix.lower().lstrip(".")
+        data = base64.b64encode(p.read_bytes()).decode("ascii")
+        return f'{m.group(1)}"data:{mime};base64,{data}"'
+
+    body = re.sub(r'(<img[^>]*?src=)"([^"]+)"', inline, body)
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
+    )

@@ -1,0 +1,354 @@
+"""Run a notebook headless with parameters into a staged run folder, or list its parameters.
+
+    python -m utils.run_notebook notebooks/01_weight_ranks.py --run-name smollm2 -p layer_idx 12
+    python -m utils.run_notebook 01 --list-params
+
+The jupytext ``.py`` source is converted in memory and executed by papermill, in a child process,
+with the parameters injected (typed by the notebook's own declarations, see
+:mod:`utils.running.params`). Everything is written into a hidden staging folder next to the run's
+final place and swapped in whole at the end. What a user finds afterwards:
+
+* **complete**: ``<root>/<notebook>/<run name>/`` holds the executed notebook, ``report.md``,
+  ``report.html``, the result files and ``run.json`` with ``"status": "complete"``; it replaced the
+  previous run of that name as a whole (no file of the old run survives).
+* **failed** (a cell raised): ``<run name>.failed/`` holds the executed notebook with the error
+  visible in the failing cell, whatever files the run wrote, and ``run.json`` with
+  ``"status": "failed"`` and the error. The last complete run of that name is untouched, unless
+  ``--replace`` was given (then the failed run takes its place).
+* **interrupted** (SIGINT / Ctrl-C or SIGTERM): the kernel is stopped, temp files are removed and
+  the run is kept as ``<run name>.interrupted/`` (``"status": "interrupted"``; the executed
+  notebook says where it stopped); the last complete run is untouched. Exit code 130.
+
+No staging folder, temp file or kernel is left behind in any of the three cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .params import ParameterError, coerce_all, notebook_parameters
+from .paths import PROJECT_ROOT, check_run_name, find_notebook, run_dir
+from .paths import output_root as resolve_output_root
+from .record import STAGE_ENV, clean_stale_stages, stage_dir_for, swap_in, utc_now
+
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (transformer-spectra)", "language": "python"}
+CHILD_ERROR = ".child-error.json"
+GRACE_S = 20.0
+
+
+class NotebookFailed(RuntimeError):
+    """A cell raised; ``.notebook`` is the executed notebook kept for inspection."""
+
+    def __init__(self, message: str, notebook: Path, run_dir: Path):
+        super().__init__(message)
+        self.notebook = notebook
+        self.run_dir = run_dir
+
+
+class RunInterrupted(RuntimeError):
+    """The run was stopped by SIGINT or SIGTERM; ``.run_dir`` is where it was kept."""
+
+    def __init__(self, message: str, run_dir: Path):
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+def to_ipynb(src: Path, dst: Path) -> None:
+    """A jupytext ``.py`` (or ``.ipynb``) as an ``.ipynb`` with the project kernel and no pairing metadata."""
+    import jupytext
+    import nbformat
+
+    nb = jupytext.read(src) if src.suffix == ".py" else nbformat.read(src, as_version=4)
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.metadata.pop("jupytext", None)
+    nbformat.write(nb, dst)
+
+
+def list_params(notebook) -> list[dict]:
+    """The notebook's parameters: name, type, default and help text."""
+    return [
+        {"name": p.name, "type": p.type, "default": p.default, "help": p.help}
+        for p in notebook_parameters(find_notebook(notebook))
+    ]
+
+
+# ----------------------------------------------------------------------------- supervising
+class _Supervisor:
+    """Waits for the child; on SIGINT / SIGTERM stops it (then kills it on a second signal)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.signal: int | None = None
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.signal is None:
+            self.signal = signum
+            self._send(signal.SIGTERM)
+        else:
+            self._send(signal.SIGKILL)
+
+    def _send(self, sig) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def wait(self) -> int:
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        try:
+            deadline = None
+            while True:
+                try:
+                    return self.proc.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    if self.signal is not None:
+                        deadline = deadline or time.monotonic() + GRACE_S
+                        if time.monotonic() > deadline:
+                            self._send(signal.SIGKILL)
+        finally:
+            if main:
+                for s, h in self._old.items():
+                    signal.signal(s, h)
+
+
+def _kill_kernel(stage: Path) -> None:
+    """Stop the kernel recorded in the staging folder if it still runs (after an interrupt)."""
+    try:
+        pid = int(json.loads((stage / "run.json").read_text())["pid"])
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if b"ipykernel" not in cmd:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+
+
+def _mark_notebook(path: Path, status: str, signum: int | None) -> None:
+    """Strip jupytext pairing metadata and record the status; after an interrupt, say where it stopped."""
+    import nbformat
+
+    if not path.is_file():
+        return
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception:  # a notebook cut off mid-write by a kill: keep the file as it is
+        return
+    nb.metadata.pop("jupytext", None)
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.metadata["transformer_spectra"] = {"status": status}
+    if status == "interrupted":
+        ran = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("execution_count")]
+        for c in nb.cells:
+            pm = c.metadata.get("papermill")
+            if c.cell_type == "code" and not c.get("execution_count") and pm is not None:
+                pm["status"] = "pending"
+        name = signal.Signals(signum).name if signum else "a signal"
+        where = f"after cell {ran[-1]}" if ran else "before the first cell ran"
+        nb.cells.insert(
+            0,
+            nbformat.v4.new_markdown_cell(
+                f"**Run interrupted by {name}** {where}: cells below that point did not run; "
+                "this notebook and the files beside it are partial."
+            ),
+        )
+    tmp = path.with_name(f".{path.name}.tmp")
+    nbformat.write(nb, tmp)
+    os.replace(tmp, path)
+
+
+def _finalize(
+    stage: Path,
+    final: Path,
+    nb_name: str,
+    run_name: str,
+    params: dict,
+    status: str,
+    error: dict | None,
+    started: str,
+    replace: bool,
+    signum: int | None,
+) -> Path:
+    rec_path = stage / "run.json"
+    try:
+        rec = json.loads(rec_path.read_text())
+    except (OSError, ValueError):
+        rec = {"notebook": nb_name, "run_name": run_name, "params": params, "files": []}
+    rec.update(
+        status=status,
+        started_utc=rec.get("started_utc") or started,
+        ended_utc=utc_now(),
+        error=error,
+        runner_pid=os.getpid(),
+    )
+    if status == "interrupted":
+        rec["signal"] = signal.Signals(signum).name if signum else None
+    _mark_notebook(stage / f"{nb_name}.ipynb", status, signum)
+    for p in stage.iterdir():  # temp files of atomic writes and of the child
+        if p.name.startswith(".") and p.is_file():
+            p.unlink(missing_ok=True)
+    from ..files import atomic_write_json
+
+    atomic_write_json(rec_path, rec)
+    target = final if status == "complete" or replace else final.with_name(f"{run_name}.{status}")
+    swap_in(stage, target)
+    return target
+
+
+def execute(
+    notebook,
+    run_name: str = "default",
+    params: dict | None = None,
+    output_root: str | None = None,
+    replace: bool = False,
+    timeout: int | None = None,
+    progress: bool = False,
+) -> Path:
+    """Execute a notebook with parameters into its run folder (module docstring); returns the folder.
+
+    Raises ``ValueError`` (bad name or parameter) before anything is created, :class:`NotebookFailed`
+    when a cell raised, :class:`RunInterrupted` after SIGINT / SIGTERM.
+    """
+    src = find_notebook(notebook)
+    nb_name = src.stem
+    typed = coerce_all(notebook_parameters(src), dict(params or {}))
+    check_run_name(run_name)
+    root = resolve_output_root(output_root)
+    final = run_dir(root, nb_name, run_name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_stages(final)
+    stage = stage_dir_for(final)
+    stage.mkdir()
+    typed.update(run_name=run_name, output_root=str(root))
+    args = {
+        "source": str(src),
+        "output": str(stage / f"{nb_name}.ipynb"),
+        "parameters": typed,
+        "timeout": timeout,
+        "progress": progress,
+    }
+    env = dict(os.environ, **{STAGE_ENV: str(stage), "TSPECTRA_HEADLESS": "1", "PYTHONUNBUFFERED": "1"})
+    started = utc_now()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "utils.running.child", json.dumps(args)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    sup = _Supervisor(proc)
+    try:
+        rc = sup.wait()
+    except BaseException:
+        sup._send(signal.SIGKILL)
+        proc.wait()
+        _kill_kernel(stage)
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    error = None
+    if sup.signal is not None:
+        status = "interrupted"
+        _kill_kernel(stage)
+    elif rc == 0:
+        status = "complete"
+    else:
+        status = "failed"
+        _kill_kernel(stage)
+        try:
+            error = json.loads((stage / CHILD_ERROR).read_text())
+        except (OSError, ValueError):
+            error = {"ename": "ExecutionError", "evalue": f"the notebook process exited with code {rc}"}
+    target = _finalize(stage, final, nb_name, run_name, typed, status, error, started, replace, sup.signal)
+    nb_path = target / f"{nb_name}.ipynb"
+    if status == "interrupted":
+        raise RunInterrupted(
+            f"{nb_name}: interrupted by {signal.Signals(sup.signal).name}; partial run kept in {target}", target
+        )
+    if status == "failed":
+        where = f"cell {error.get('exec_count')} raised " if error.get("exec_count") else ""
+        raise NotebookFailed(
+            f"{nb_name}: {where}{error.get('ename')}: {error.get('evalue')}\n"
+            f"executed notebook kept with the error visible: {nb_path}",
+            nb_path,
+            target,
+        )
+    return target
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m utils.run_notebook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("notebook", help="notebooks/NN_name.py, NN_name or NN")
+    ap.add_argument("--run-name", default="default", help="results go to <output-root>/<notebook>/<run-name>/")
+    ap.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a parameter (repeatable); the value is converted to the parameter's declared type",
+    )
+    ap.add_argument("--model", default=None, help="set the `model` parameter, for notebooks that have one")
+    ap.add_argument(
+        "--output-root",
+        default=None,
+        help="results root (default: $TSPECTRA_OUTPUT or <project>/output; relative paths are "
+        "taken from the project root)",
+    )
+    ap.add_argument(
+        "--replace",
+        action="store_true",
+        help="let a failed or interrupted run replace the last complete run of the same name",
+    )
+    ap.add_argument("--list-params", action="store_true", help="print the notebook's parameters and exit")
+    ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    a = ap.parse_args(argv)
+    try:
+        if a.list_params:
+            from .report import md_table
+
+            rows = [[p["name"], p["type"], repr(p["default"]), p["help"]] for p in list_params(a.notebook)]
+            print(md_table(["parameter", "type", "default", "help"], rows))
+            return 0
+        params = dict(a.param)
+        if a.model is not None:
+            if any(p["name"] == "model" for p in list_params(a.notebook)):
+                params.setdefault("model", a.model)
+            else:
+                print(
+                    f"note: {find_notebook(a.notebook).stem} takes no `model` parameter; --model ignored",
+                    file=sys.stderr,
+                )
+        run = execute(
+            a.notebook, a.run_name, params, a.output_root, replace=a.replace, timeout=a.timeout, progress=True
+        )
+    except NotebookFailed as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
+    except RunInterrupted as e:
+        print(f"INTERRUPTED: {e}", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, ParameterError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"done: {run}")
+    return 0

@@ -1,0 +1,42 @@
+"""The spectral core: singular values of dense and factored low-rank matrices, and their metrics.
+
+* :mod:`.core`: :func:`svdvals` (float64 Gram on the CPU, batched SVD on a GPU), :func:`gram_svdvals`.
+* :mod:`.metrics`: effective rank, stable rank, energy counts, the complex-eigenvalue rule, summaries.
+* :mod:`.factored`: :class:`FactoredKernels`, exact spectra of ``X Y`` products without forming them.
+* :mod:`.threads`: the one thread limiter every parallel sweep uses.
+"""
+
+from .core import check_finite, gram_svdvals, svdvals
+from .factored import FactoredKernels, KernelSpectra
+from .metrics import (
+    COMPLEX_RTOL,
+    ENERGY_LEVELS,
+    SpectrumSummary,
+    complex_mask,
+    effective_rank,
+    energy_count,
+    energy_counts,
+    energy_share,
+    stable_rank,
+    summarize,
+)
+from .threads import limited_threads
+
+__all__ = [
+    "COMPLEX_RTOL",
+    "ENERGY_LEVELS",
+    "FactoredKernels",
+    "KernelSpectra",
+    "SpectrumSummary",
+    "check_finite",
+    "complex_mask",
+    "effective_rank",
+    "energy_count",
+    "energy_counts",
+    "energy_share",
+    "gram_svdvals",
+    "limited_threads",
+    "stable_rank",
+    "summarize",
+    "svdvals",
+]

@@ -1,0 +1,219 @@
+"""A small, fast GGUF reader: header, metadata and tensors, one tensor at a time.
+
+The ``gguf`` package's ``GGUFReader`` decodes every metadata array into Python objects on open,
+which for a 49k-token vocabulary costs seconds. Here the header is parsed once, string arrays
+(the vocabulary, the merges) are skipped unless asked for, and tensor data is memory-mapped.
+
+Dequantisation of the common types (F32, F16, BF16, Q8_0, Q4_0, Q4_1) is done in torch; other
+types fall back to ``gguf.quants.dequantize``. Tensors come back as float32 in numpy row-major
+order, shape ``(rows, cols)`` = GGUF ``ne`` reversed, i.e. the same layout as the PyTorch weight.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GGUF_MAGIC = b"GGUF"
+
+# metadata value types
+_UINT8, _INT8, _UINT16, _INT16, _UINT32, _INT32, _FLOAT32, _BOOL, _STRING, _ARRAY, _UINT64, _INT64, _FLOAT64 = range(13)
+_SCALAR_FMT = {
+    _UINT8: "<B",
+    _INT8: "<b",
+    _UINT16: "<H",
+    _INT16: "<h",
+    _UINT32: "<I",
+    _INT32: "<i",
+    _FLOAT32: "<f",
+    _BOOL: "<?",
+    _UINT64: "<Q",
+    _INT64: "<q",
+    _FLOAT64: "<d",
+}
+
+# ggml tensor types (subset with their block layout: (block_size, bytes_per_block))
+GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0, GGML_BF16 = 0, 1, 2, 3, 8, 30
+
+
+class GGUFFormatError(ValueError):
+    """The file is not a readable GGUF file."""
+
+
+@dataclass
+class GGUFTensorInfo:
+    name: str
+    shape: tuple[int, ...]  # numpy order: (rows, cols) for a matrix
+    ggml_type: int
+    offset: int  # absolute byte offset in the file
+
+
+class GGUFFile:
+    """Parsed GGUF header with lazy, one-at-a-time tensor access.
+
+    ``metadata`` holds every scalar and small array value; arrays longer than
+    ``max_array`` (the vocabulary, the merges) are recorded as ``("<array>", length)``.
+    """
+
+    def __init__(self, path: str | Path, max_array: int = 1024):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {self.path}")
+        self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+        buf = self._mm
+        if bytes(buf[:4]) != GGUF_MAGIC:
+            raise GGUFFormatError(
+                f"{self.path} is not a GGUF file (bad magic {bytes(buf[:4])!r}); "
+                "pass a .gguf file, a Hugging Face checkpoint folder or a hub id"
+            )
+        try:
+            self._parse(max_array)
+        except (struct.error, IndexError, UnicodeDecodeError) as e:
+            raise GGUFFormatError(f"{self.path} is truncated or corrupted ({e}); re-download the file") from e
+
+    # -- parsing ------------------------------------------------------------------------
+    def _parse(self, max_array: int) -> None:
+        mv = memoryview(self._mm)
+        pos = 4
+        (self.version,) = struct.unpack_from("<I", mv, pos)
+        pos += 4
+        if self.version < 2:
+            raise GGUFFormatError(f"GGUF version {self.version} is too old (need 2 or 3)")
+        n_tensors, n_kv = struct.unpack_from("<QQ", mv, pos)
+        pos += 16
+
+        def read_str(p):
+            (n,) = struct.unpack_from("<Q", mv, p)
+            return bytes(mv[p + 8 : p + 8 + n]).decode("utf-8"), p + 8 + n
+
+        def read_val(t, p, keep=True):
+            if t in _SCALAR_FMT:
+                f = _SCALAR_FMT[t]
+                return struct.unpack_from(f, mv, p)[0], p + struct.calcsize(f)
+            if t == _STRING:
+                return read_str(p)
+            if t == _ARRAY:
+                at, n = struct.unpack_from("<IQ", mv, p)
+                p += 12
+                if at in _SCALAR_FMT:
+                    sz = struct.calcsize(_SCALAR_FMT[at])
+                    if n <= max_array and keep:
+                        vals = list(struct.unpack_from("<" + _SCALAR_FMT[at][1] * n, mv, p))
+                    else:
+                        vals = ("<array>", n)
+                    return vals, p + sz * n
+                if at == _STRING:
+                    if n <= max_array and keep:
+                        out = []
+                        for _ in range(n):
+                            s, p = read_str(p)
+                            out.append(s)
+                        return out, p
+                    for _ in range(n):  # skip quickly
+                        (ln,) = struct.unpack_from("<Q", mv, p)
+                        p += 8 + ln
+                    return ("<array>", n), p
+                vals = []
+                for _ in range(n):
+                    v, p = read_val(at, p, keep)
+                    vals.append(v)
+                return vals, p
+            raise GGUFFormatError(f"unknown GGUF metadata type {t}")
+
+        self.metadata: dict = {}
+        for _ in range(n_kv):
+            key, pos = read_str(pos)
+            (t,) = struct.unpack_from("<I", mv, pos)
+            pos += 4
+            val, pos = read_val(t, pos)
+            self.metadata[key] = val
+
+        infos = []
+        for _ in range(n_tensors):
+            name, pos = read_str(pos)
+            (nd,) = struct.unpack_from("<I", mv, pos)
+            pos += 4
+            ne = struct.unpack_from("<" + "Q" * nd, mv, pos)
+            pos += 8 * nd
+            gt, off = struct.unpack_from("<IQ", mv, pos)
+            pos += 12
+            infos.append((name, tuple(int(x) for x in reversed(ne)), gt, off))
+        align = int(self.metadata.get("general.alignment", 32))
+        data_start = (pos + align - 1) // align * align
+        self.tensors: dict[str, GGUFTensorInfo] = {
+            n: GGUFTensorInfo(n, s, gt, data_start + off) for n, s, gt, off in infos
+        }
+
+    # -- access -------------------------------------------------------------------------
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("general.architecture", ""))
+
+    def get(self, key: str, default=None):
+        return self.metadata.get(key, default)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """Dequantised float32 tensor (numpy row-major shape)."""
+        info = self.tensors[name]
+        n_el = int(np.prod(info.shape))
+        return dequantize(self._mm, info.offset, n_el, info.ggml_type).reshape(info.shape)
+
+
+def _f16(raw: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(raw, copy=True).view(np.float16)).float()
+
+
+def dequantize(mm: np.ndarray, offset: int, n_el: int, ggml_type: int) -> torch.Tensor:
+    """Dequantise ``n_el`` elements of type ``ggml_type`` starting at byte ``offset`` to float32 (1-D)."""
+    if ggml_type == GGML_F32:
+        return torch.from_numpy(np.array(mm[offset : offset + 4 * n_el]).view(np.float32))
+    if ggml_type == GGML_F16:
+        return _f16(mm[offset : offset + 2 * n_el])
+    if ggml_type == GGML_BF16:
+        raw = np.array(mm[offset : offset + 2 * n_el]).view(np.int16)
+        return torch.from_numpy(raw).view(torch.bfloat16).float()
+    if ggml_type == GGML_Q8_0:  # block of 32: f16 scale d, 32 x int8
+        nb = n_el // 32
+        blk = np.asarray(mm[offset : offset + 34 * nb]).reshape(nb, 34)
+        d = _f16(blk[:, :2])
+        q = torch.from_numpy(np.ascontiguousarray(blk[:, 2:]).view(np.int8)).float()
+        return (q * d).reshape(-1)
+    if ggml_type in (GGML_Q4_0, GGML_Q4_1):
+        # Q4_0: f16 d, 16 bytes of nibbles, x = d * (q - 8)
+        # Q4_1: f16 d, f16 m, 16 bytes of nibbles, x = d * q + m
+        # element j < 16 is the low nibble of byte j, element j >= 16 the high nibble of byte j - 16
+        hdr = 2 if ggml_type == GGML_Q4_0 else 4
+        bs = hdr + 16
+        nb = n_el // 32
+        blk = np.asarray(mm[offset : offset + bs * nb]).reshape(nb, bs)
+        d = _f16(blk[:, :2])
+        qs = torch.from_numpy(np.ascontiguousarray(blk[:, hdr:]))
+        q = torch.cat([qs & 0x0F, qs >> 4], dim=1).float()
+        if ggml_type == GGML_Q4_0:
+            return ((q - 8.0) * d).reshape(-1)
+        m = _f16(blk[:, 2:4])
+        return (q * d + m).reshape(-1)
+    # anything else: the reference implementation from the gguf package
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize as ref_dequantize
+
+    qt = GGMLQuantizationType(ggml_type)
+    block, nbytes = GGML_QUANT_SIZES[qt]
+    raw = np.asarray(mm[offset : offset + n_el // block * nbytes])
+    return torch.from_numpy(np.ascontiguousarray(ref_dequantize(raw, qt)).reshape(-1).astype(np.float32))
+
+
+def unpermute_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's Q/K row permutation for rotary embeddings.
+
+    llama.cpp's converter stores, within each head, the rows interleaved (pairs) instead of the
+    Hugging Face half-split order. ``w``: ``(n_head * d_head, d)``; ``n_head`` is the number of
+    query heads for Q and of KV heads for K.
+    """
+    rows = w.shape[0]
+    half = rows // n_head // 2
+    return w.reshape(n_head, half, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)

@@ -1,0 +1,55 @@
+"""Building the full ``transformers`` model and tokenizer, for analyses that run the model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .sources import GGUFWeights, HFWeights
+from .specs import download_from_hub, resolve_model
+
+
+def load_model(
+    spec: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    attn_implementation: str | None = None,
+    device_map=None,
+):
+    """Build the ``transformers`` model and tokenizer for ``spec``; returns ``(model, tokenizer)``.
+
+    Decoders (llama, gpt2 families) load as ``AutoModelForCausalLM``; encoders (bert) as ``AutoModel``.
+    The model is in eval mode with gradients off; the tokenizer always has a pad token. GGUF files are
+    dequantised by transformers (about 20 s for the bundled model on a 2-core CPU).
+    """
+    import transformers
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    kind, where = resolve_model(spec)
+    kw = {"dtype": dtype}
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kw["device_map"] = device_map
+    if kind == "gguf":
+        GGUFWeights(where)  # validates the architecture with a clear message
+        folder, fname = str(Path(where).parent), Path(where).name
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, **kw)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    else:
+        folder = download_from_hub(where) if kind == "hub" else Path(where)
+        src = HFWeights(folder)
+        cls = AutoModel if src.family == "bert" else AutoModelForCausalLM
+        model = cls.from_pretrained(str(folder), **kw)
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    if device_map is None:
+        model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tok
