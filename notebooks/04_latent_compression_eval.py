@@ -82,7 +82,7 @@ import time
 import torch
 
 from utils import plots
-from utils.latent import experiment, prompts
+from utils.latent import experiment, prompts, report
 from utils.latent.evaluate import agreement_rate, evaluate_mode
 from utils.latent.metric import score_predictions
 from utils.progress import progress_bar
@@ -118,7 +118,7 @@ enc_eval, enc_train, enc_dev = (prompts.encode_examples(scaffold, x) for x in (s
 target_rms = prompts.token_embedding_rms(llm)
 positions = experiment.answer_token_positions(tok, split.eval)
 data_summary = experiment.data_summary(data, split, enc_eval, positions, M, target_rms)
-run.show(experiment.data_sentence(data_summary, M))
+run.show(report.data_sentence(data_summary, M))
 
 # %% [markdown]
 # ## Training the compressors
@@ -143,7 +143,7 @@ comps, records, train_summary = experiment.train_compressors(
     llm, tok, split, enc_train, enc_dev, {"latent": train_budget_s, "adapter": adapter_budget_s},
     common, run, resume, history, t_run0, history_every)
 run.save_jsonl(records["latent"] + records["adapter"], "train_diagnostics.jsonl")
-run.show(experiment.training_sentence(train_summary, train_batch_size, train_budget_s, adapter_budget_s))
+run.show(report.training_sentence(train_summary, train_batch_size, train_budget_s, adapter_budget_s))
 
 # %% [markdown]
 # ## Evaluation of every mode
@@ -170,7 +170,7 @@ with run.timer("evaluate"):
         experiment.log_eval(history, run.path("metrics_history.jsonl"), mode, r, t_run0)
 metrics = {"data": data_summary, "training": train_summary,
            "modes": experiment.mode_metrics(results, tok, n_boot, seed)}
-run.show(experiment.mode_table(metrics["modes"]))
+run.show(report.mode_table(metrics["modes"]))
 
 # %% [markdown]
 # ## Headline
@@ -179,14 +179,14 @@ run.show(experiment.mode_table(metrics["modes"]))
 # `text_embed` (the same prompt through `inputs_embeds`) reproduces `text`.
 
 # %%
-verdicts = {b: experiment.paired_verdict(results, "latent", b, n_boot, seed)
+verdicts = {b: report.paired_verdict(results, "latent", b, n_boot, seed)
             for b in ("token_budget", "mean_pool", "adapter")}
 metrics["latent_vs"] = {b: v[0] for b, v in verdicts.items()}
 metrics["latent_beats_significantly"] = {b: bool(v[0]["lo"] > 0) for b, v in verdicts.items()}
-metrics["text_embed_agreement"] = experiment.agreement(results, split.eval, agreement_rate)
-run.show(experiment.headline(verdicts, metrics))
+metrics["text_embed_agreement"] = report.agreement(results, split.eval, agreement_rate)
+run.show(report.headline(verdicts, metrics))
 run.save_json(metrics, "metrics.json")
-run.save_jsonl(experiment.prediction_rows(split.eval, results), "predictions.jsonl")
+run.save_jsonl(report.prediction_rows(split.eval, results), "predictions.jsonl")
 m = metrics["modes"]
 fig = plots.bars_with_intervals(prompts.MODES, [m[k]["f1"] for k in prompts.MODES],
                                 [m[k]["f1_ci"][0] for k in prompts.MODES], [m[k]["f1_ci"][1] for k in prompts.MODES],
@@ -205,8 +205,8 @@ run.show(fig, "f1_by_mode.png")
 run.show(plots.training_curves(records, history), "loss_curves.png")
 lm_latent = [r for r in records["latent"] if r["phase"] == "lm"]
 if lm_latent:
-    run.show(experiment.last_step_table(lm_latent[-1]))
-run.show(experiment.kept_tokens_table(comps["latent"], llm, tok, split.eval, enc_eval))
-run.show(experiment.dominant_table(metrics["modes"]))
-run.show(experiment.examples_table(split.eval, results))
+    run.show(report.last_step_table(lm_latent[-1]))
+run.show(report.kept_tokens_table(comps["latent"], llm, tok, split.eval, enc_eval))
+run.show(report.dominant_table(metrics["modes"]))
+run.show(report.examples_table(split.eval, results))
 run.finish()

@@ -93,11 +93,11 @@ class _Supervisor:
     def _handler(self, signum, frame):
         if self.signal is None:
             self.signal = signum
-            self._send(signal.SIGTERM)
+            self.send(signal.SIGTERM)
         else:
-            self._send(signal.SIGKILL)
+            self.send(signal.SIGKILL)
 
-    def _send(self, sig) -> None:
+    def send(self, sig) -> None:
         try:
             os.killpg(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -117,7 +117,7 @@ class _Supervisor:
                     if self.signal is not None:
                         deadline = deadline or time.monotonic() + GRACE_S
                         if time.monotonic() > deadline:
-                            self._send(signal.SIGKILL)
+                            self.send(signal.SIGKILL)
         finally:
             if main:
                 for s, h in self._old.items():
@@ -256,7 +256,7 @@ def execute(
     try:
         rc = sup.wait()
     except BaseException:
-        sup._send(signal.SIGKILL)
+        sup.send(signal.SIGKILL)
         proc.wait()
         _kill_kernel(stage)
         shutil.rmtree(stage, ignore_errors=True)

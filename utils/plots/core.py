@@ -1,4 +1,4 @@
-"""The project's figures: one implementation of each, shared by every notebook.
+"""Figures shared by several notebooks: grids, heatmaps, spectra, curves and bars.
 
 Statistical figures go through seaborn (heatmaps, bars, distributions); the style is seaborn's
 ``whitegrid`` theme, set once by :func:`use_style`. Each function returns the matplotlib figure

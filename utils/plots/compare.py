@@ -1,0 +1,3 @@
+"""Figures that compare several runs (the comparison notebook)."""
+
+from __future__ import annotations
