@@ -115,3 +115,14 @@ def test_bundled_model_sweep_against_independent_gguf_reader(bundled_gguf):
         t = reader[name]
         W = dequantize(t.data, t.tensor_type)
         assert df.set_index("name").loc[name, "eff_rank"] == pytest.approx(np_eff_rank(W), rel=1e-8)
+
+
+def test_per_matrix_hook_adds_columns_computed_on_the_loaded_matrix(tiny_llama_dir):
+    src = open_weights(tiny_llama_dir)
+
+    def frob(W, ref, S):
+        return {"frob_direct": float(np.linalg.norm(W.double().numpy())), "n_from_hook": len(S)}
+
+    df = weight_sweep(src, device="cpu", progress=False, per_matrix=frob)
+    np.testing.assert_allclose(df["frob_direct"], df["frobenius_norm"], rtol=1e-9)  # sqrt(sum sigma^2) = ||W||_F
+    assert (df["n_from_hook"] == df["n_sv"]).all()

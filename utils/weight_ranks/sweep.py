@@ -9,12 +9,14 @@ On a GPU, same-shape matrices of consecutive layers are stacked and decomposed a
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..device import resolve_device
+from ..progress import progress_bar
 from ..spectral import check_finite, gram_svdvals, limited_threads, summarize, svdvals
 from ..weights import MatrixRef, WeightSource
 
@@ -51,6 +53,7 @@ def weight_sweep(
     keep_spectra: bool = False,
     batched: bool | None = None,
     batch_bytes: int = 1 << 30,
+    per_matrix: Callable[[torch.Tensor, MatrixRef, np.ndarray], dict] | None = None,
 ):
     """Singular-value summaries of every 2-D weight of ``src``.
 
@@ -61,14 +64,21 @@ def weight_sweep(
     device: ``"auto"`` / ``None`` (GPU if present), ``"cpu"`` or ``"cuda"``.
     batched: stack same-shape matrices (up to ``batch_bytes`` of float32) into one batched SVD;
     default: on a GPU only. Otherwise ``workers`` threads take one matrix each (float64 Gram).
+    per_matrix: ``f(W, ref, S) -> dict`` called for every matrix while it is in memory (``W`` as
+    loaded, ``S`` its singular values, descending); the returned columns are added to its row. It runs
+    in the worker threads (one BLAS thread each), so further spectra of ``W`` cost no extra loading.
     """
-    from tqdm.auto import tqdm
-
     dev = resolve_device(device)
     refs = select_matrices(src, include_model_level)
     spectra: dict[str, np.ndarray] = {}
     rows: list[dict] = []
-    bar = tqdm(total=len(refs), desc=f"singular values ({dev.type})", disable=not progress)
+    bar = progress_bar(total=len(refs), desc=f"singular values ({dev.type})", unit="matrix", disable=not progress)
+
+    def row(ref, W, S):
+        r = _row(ref, S)
+        if per_matrix is not None:
+            r.update(per_matrix(W, ref, S))
+        return r
 
     if batched is None:
         batched = dev.type != "cpu"
@@ -77,13 +87,15 @@ def weight_sweep(
         def work(ref):
             W = src.load(ref, dtype=None)
             _check_finite(W, ref)  # names the tensor; the finite check inside svdvals is not repeated
-            return ref, gram_svdvals(W.float(), dev)
+            S = gram_svdvals(W.float(), dev)
+            return ref, S, row(ref, W, S)
 
         with limited_threads(1), ThreadPoolExecutor(max(1, workers)) as ex:
             # larger matrices first so the two workers finish together
             order = sorted(refs, key=lambda r: -r.shape[0] * r.shape[1] * min(r.shape))
-            for ref, S in ex.map(work, order):
-                rows.append(_row(ref, S))
+            for ref, S, r in ex.map(work, order):
+                bar.set_postfix_str(ref.name, refresh=False)
+                rows.append(r)
                 if keep_spectra:
                     spectra[ref.name] = S
                 bar.update(1)
@@ -102,8 +114,8 @@ def weight_sweep(
                     _check_finite(W, ref)
                     mats.append(W.to(dev, torch.float32))
                 S_all = svdvals(torch.stack(mats), device=dev, method="svd")
-                for ref, S in zip(chunk, S_all):
-                    rows.append(_row(ref, S))
+                for ref, W, S in zip(chunk, mats, S_all):
+                    rows.append(row(ref, W, S))
                     if keep_spectra:
                         spectra[ref.name] = S
                 bar.update(len(chunk))
