@@ -111,16 +111,19 @@ run.show(weight_ranks.milestone_table(ve["milestones"], len(S)))
 # pools all per-layer matrices of the phase (std with ddof = 1).
 
 # %%
-phases = weight_ranks.phase_analysis(df, src.dims.L)
-run.show("Layers split into thirds: " + ", ".join(f"{k} {a}-{b - 1}" for k, (a, b) in phases.bounds.items()) + ".")
-run.show(phases.aggregate)
-for ph, table in phases.per_phase.items():
-    run.show(f"**{ph.capitalize()} layers {phases.bounds[ph][0]}-{phases.bounds[ph][1] - 1}**")
-    run.show(table, index=True)
-run.show(phases.trends)
-fig = plots.grouped_bars(phases.trends, "weight_type", ["early", "middle", "late"], "mean effective rank",
-                         "Mean effective rank by phase")
-run.show(fig, "phase_means.png")
+if src.dims.L < 3:
+    run.show(f"Not determined: the phase analysis needs at least 3 layers; this model has {src.dims.L}.")
+else:
+    phases = weight_ranks.phase_analysis(df, src.dims.L)
+    run.show("Layers split into thirds: " + ", ".join(f"{k} {a}-{b - 1}" for k, (a, b) in phases.bounds.items()))
+    run.show(phases.aggregate)
+    for ph, table in phases.per_phase.items():
+        run.show(f"**{ph.capitalize()} layers {phases.bounds[ph][0]}-{phases.bounds[ph][1] - 1}**")
+        run.show(table, index=True)
+    run.show(phases.trends)
+    fig = plots.grouped_bars(phases.trends, "weight_type", ["early", "middle", "late"], "mean effective rank",
+                             "Mean effective rank by phase")
+    run.show(fig, "phase_means.png")
 
 # %% [markdown]
 # ## Largest layer-over-layer transitions

@@ -138,7 +138,7 @@ run.show(tables.anchor_table(others))
 # %%
 run.show(tables.corr_table(res))
 fig = plots.scatter_by_layer([res.T, sigma.max(-1)], ent, ["T (rescale factor vs anchor)", "op_norm = σ_max"],
-                             [f"r = {res.corr_T_entropy:+.3f}", f"r = {res.corr_opnorm_entropy:+.3f}"],
+                             [tables.r_text(res.corr_T_entropy), tables.r_text(res.corr_opnorm_entropy)],
                              "mean attention entropy (nats)")
 run.show(fig, "T_vs_entropy.png")
 

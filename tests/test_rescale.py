@@ -177,8 +177,10 @@ def test_every_number_equals_the_seed_formulas(case, anchor):
     np.testing.assert_allclose(
         [res.shape_cos_mean, res.shape_cos_std, res.shape_cos_min, res.shape_cos_max], ref["shape_stats"], **close
     )
-    assert res.stability == ref["stability"]
-    assert res.verdict_key == ref["verdict"]
+    # the seed's labels, except where their basis is too thin (issue 14): no verdict with fewer than two
+    # layers besides the anchor, no shape stability with a single layer
+    assert res.stability == (ref["stability"] if L > 1 else "not determined (a single layer)")
+    assert res.verdict_key == (ref["verdict"] if L >= 3 else "not_determined")
     # rank-k follow-up against a dense truncated-SVD reconstruction
     rk = ref_rank_k(ref["sigma"], ref["T"], ref["anchor_layer"], 3)
     np.testing.assert_allclose(res.rank_k["resid"], rk, rtol=1e-8, atol=1e-10)

@@ -185,6 +185,31 @@ def verdict_key(mean_resid: float) -> str:
     ]
 
 
+NOT_DETERMINED = "NOT DETERMINED"
+
+
+def basis_problems(sigma: np.ndarray, anchor_layer: int) -> list[str]:
+    """Why the verdict would have no basis: fewer than two layers besides the anchor, all-zero
+    spectra, or an anchor layer whose spectra are all zero (empty when the basis is sound)."""
+    L = sigma.shape[0]
+    out = []
+    if L - 1 < 2:
+        out.append(f"only {L - 1} layer(s) besides the anchor; the fit needs at least 2 to say anything")
+    if not (sigma > EPS).any():
+        out.append("every spectrum is zero")
+    elif not (sigma[anchor_layer] > EPS).any():
+        out.append(f"every head of the anchor layer {anchor_layer} has a zero spectrum")
+    return out
+
+
+def guarded_verdict(mean_resid: float, problems: list[str]) -> tuple[str, str]:
+    """``(verdict text, key)``: the seed's verdict, or NOT DETERMINED with the reasons."""
+    if problems or not np.isfinite(mean_resid):
+        why = "; ".join(problems) or "the mean residual is undefined"
+        return f"{NOT_DETERMINED} — {why}.", "not_determined"
+    return verdict(mean_resid), verdict_key(mean_resid)
+
+
 # ----------------------------------------------------------------------------- beyond the seed
 def _tail_norms(s: np.ndarray, k_max: int) -> np.ndarray:
     """``sqrt(sum_{i >= k} s_i^2)`` for k = 0..k_max, from descending singular values ``s (..., r)``."""
@@ -294,6 +319,7 @@ class RescaleResult:
     stability: str
     verdict: str
     verdict_key: str
+    basis_problems: list = field(default_factory=list)
     rank_k: dict = field(default_factory=dict)
     bootstrap: dict = field(default_factory=dict)
 
@@ -323,6 +349,12 @@ def analyze(
         raise ValueError(f"sigma must be (layers, heads, k), got shape {sigma.shape}")
     if entropy.shape != sigma.shape[:2]:
         raise ValueError(f"entropy must be (layers, heads) = {sigma.shape[:2]}, got {entropy.shape}")
+    for name, a in (("sigma", sigma), ("entropy", entropy)):
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} holds {int((~np.isfinite(a)).sum())} NaN/Inf values: the geometry is not usable")
+    top = sigma.max()
+    if top > 0:  # every reported quantity is scale-free: work at unit scale (no overflow at 1e308)
+        sigma = sigma / top
     shape = spectral_shapes(sigma)
     per_head_cos, C = shape_invariance(shape)
     anchor_L, scores = choose_anchor(anchor, shape, C)
@@ -330,6 +362,8 @@ def analyze(
     op_norm = sigma.max(axis=-1)
     m = float(per_head_cos.mean())
     mean_resid = float(resid.mean())
+    problems = basis_problems(sigma, anchor_L)
+    verdict_text, key = guarded_verdict(mean_resid, problems)
     res = RescaleResult(
         anchor=anchor,
         anchor_layer=anchor_L,
@@ -352,9 +386,10 @@ def analyze(
         shape_cos_std=float(per_head_cos.std()),
         shape_cos_min=float(per_head_cos.min()),
         shape_cos_max=float(per_head_cos.max()),
-        stability=shape_stability_label(m),
-        verdict=verdict(mean_resid),
-        verdict_key=verdict_key(mean_resid),
+        stability=shape_stability_label(m) if np.isfinite(m) else "not determined (a single layer)",
+        verdict=verdict_text,
+        verdict_key=key,
+        basis_problems=problems,
     )
     if rank_k_max > 0:
         res.rank_k = rank_k_correction(sigma, T, anchor_L, rank_k_max)

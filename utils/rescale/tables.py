@@ -47,9 +47,9 @@ def summary_lines(res: RescaleResult) -> str:
             f"{res.frac_below[0.10]:.1%} of (layer, head) under 0.10, {res.frac_below[0.20]:.1%} under 0.20 "
             f"(mean {no_anchor:.3f} without the anchor layer's exact zeros; worst layer {worst} with mean "
             f"{res.layer_mean_resid[worst]:.3f})",
-            f"- corr(T, entropy) = {res.corr_T_entropy:+.3f} {ci_text(res, 'corr_T_entropy')}; "
-            f"corr(op_norm, entropy) = {res.corr_opnorm_entropy:+.3f} "
-            f"(Spearman: {res.spearman_T_entropy:+.3f} and {res.spearman_opnorm_entropy:+.3f})",
+            f"- corr(T, entropy): {r_text(res.corr_T_entropy)} {ci_text(res, 'corr_T_entropy')}; "
+            f"corr(op_norm, entropy): {r_text(res.corr_opnorm_entropy)} "
+            f"(Spearman: {r_text(res.spearman_T_entropy, 'rho')}, {r_text(res.spearman_opnorm_entropy, 'rho')})",
             f"- cross-head shape similarity within a layer: mean {cross:.3f}",
             "",
             f"**Verdict:** {res.verdict}",
@@ -57,10 +57,17 @@ def summary_lines(res: RescaleResult) -> str:
     )
 
 
+def r_text(r: float, name: str = "r") -> str:
+    """A correlation, or "not determined" when it is undefined (a constant input)."""
+    return f"{name} = {r:+.3f}" if np.isfinite(r) else f"{name} not determined (constant input)"
+
+
 def ci_text(res: RescaleResult, key: str) -> str:
     if not res.bootstrap:
         return "not computed (n_boot = 0)"
     b = res.bootstrap[key]
+    if not np.isfinite([b["lo"], b["hi"]]).all():
+        return f"not determined ({b['n_valid']} usable resamples)"
     return f"[{b['lo']:+.3f}, {b['hi']:+.3f}] ({b['level']:.0%}, {b['n_valid']} resamples of heads)"
 
 
@@ -118,15 +125,15 @@ def corr_table(res: RescaleResult) -> pd.DataFrame:
         [
             [
                 "corr(T, entropy)",
-                f"r = {res.corr_T_entropy:+.3f}",
+                r_text(res.corr_T_entropy),
                 ci_text(res, "corr_T_entropy"),
-                f"rho = {res.spearman_T_entropy:+.3f}",
+                r_text(res.spearman_T_entropy, "rho"),
             ],
             [
                 "corr(op_norm, entropy)",
-                f"r = {res.corr_opnorm_entropy:+.3f}",
+                r_text(res.corr_opnorm_entropy),
                 ci_text(res, "corr_opnorm_entropy"),
-                f"rho = {res.spearman_opnorm_entropy:+.3f}",
+                r_text(res.spearman_opnorm_entropy, "rho"),
             ],
         ],
         columns=["correlation over all (L, h)", "Pearson r (seed)", "bootstrap interval over heads", "Spearman rho"],

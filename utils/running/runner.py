@@ -25,6 +25,7 @@ No staging folder, temp file or kernel is left behind in any of the three cases.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -83,49 +84,64 @@ def list_params(notebook) -> list[dict]:
 
 # ----------------------------------------------------------------------------- supervising
 class _Supervisor:
-    """Waits for the child; on SIGINT / SIGTERM stops it (then kills it on a second signal)."""
+    """Signal handling for one run: on SIGINT / SIGTERM stop the child (SIGKILL on a second signal,
+    or after ``GRACE_S``). Handlers stay installed until the run folder is final, so a second signal
+    during the clean-up cannot kill the runner halfway (main thread only; elsewhere no handlers)."""
 
-    def __init__(self, proc: subprocess.Popen):
-        self.proc = proc
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
         self.signal: int | None = None
         self._old = {}
 
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
     def _handler(self, signum, frame):
-        if self.signal is None:
-            self.signal = signum
-            self.send(signal.SIGTERM)
-        else:
-            self.send(signal.SIGKILL)
+        first = self.signal is None
+        self.signal = self.signal or signum
+        self.send(signal.SIGTERM if first else signal.SIGKILL)
 
     def send(self, sig) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
         try:
             os.killpg(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
 
-    def wait(self) -> int:
-        main = threading.current_thread() is threading.main_thread()
-        if main:
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handler)
-        try:
-            deadline = None
-            while True:
-                try:
-                    return self.proc.wait(timeout=0.2)
-                except subprocess.TimeoutExpired:
-                    if self.signal is not None:
-                        deadline = deadline or time.monotonic() + GRACE_S
-                        if time.monotonic() > deadline:
-                            self.send(signal.SIGKILL)
-        finally:
-            if main:
-                for s, h in self._old.items():
-                    signal.signal(s, h)
+    def wait(self, proc: subprocess.Popen) -> int:
+        self.proc = proc
+        if self.signal is not None:  # a signal came before the child existed
+            self.send(signal.SIGTERM)
+        deadline = None
+        while True:
+            try:
+                return proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                if self.signal is not None:
+                    deadline = deadline or time.monotonic() + GRACE_S
+                    if time.monotonic() > deadline:
+                        self.send(signal.SIGKILL)
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _kill_kernel(stage: Path) -> None:
-    """Stop the kernel recorded in the staging folder if it still runs (after an interrupt)."""
+    """Stop the kernel recorded in the staging folder if it still runs (after an interrupt or a failure)."""
     try:
         pid = int(json.loads((stage / "run.json").read_text())["pid"])
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -134,11 +150,13 @@ def _kill_kernel(stage: Path) -> None:
     if b"ipykernel" not in cmd:
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
+        deadline = time.monotonic() + 3.0
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not process_alive(pid):
             return
-        time.sleep(0.5)
 
 
 def _mark_notebook(path: Path, status: str, signum: int | None) -> None:
@@ -229,6 +247,10 @@ def execute(
     src = find_notebook(notebook)
     nb_name = src.stem
     typed = coerce_all(notebook_parameters(src), dict(params or {}))
+    if "device" in typed:  # the same rule as start_run, before a kernel is started
+        from ..device import resolve_device
+
+        resolve_device(typed["device"])
     check_run_name(run_name)
     root = resolve_output_root(output_root)
     final = run_dir(root, nb_name, run_name)
@@ -246,35 +268,34 @@ def execute(
     }
     env = dict(os.environ, **{STAGE_ENV: str(stage), "TSPECTRA_HEADLESS": "1", "PYTHONUNBUFFERED": "1"})
     started = utc_now()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "utils.running.child", json.dumps(args)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        start_new_session=True,
-    )
-    sup = _Supervisor(proc)
-    try:
-        rc = sup.wait()
-    except BaseException:
-        sup.send(signal.SIGKILL)
-        proc.wait()
-        _kill_kernel(stage)
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    error = None
-    if sup.signal is not None:
-        status = "interrupted"
-        _kill_kernel(stage)
-    elif rc == 0:
-        status = "complete"
-    else:
-        status = "failed"
-        _kill_kernel(stage)
+    with _Supervisor() as sup:
         try:
-            error = json.loads((stage / CHILD_ERROR).read_text())
-        except (OSError, ValueError):
-            error = {"ename": "ExecutionError", "evalue": f"the notebook process exited with code {rc}"}
-    target = _finalize(stage, final, nb_name, run_name, typed, status, error, started, replace, sup.signal)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "utils.running.child", json.dumps(args)],
+                cwd=PROJECT_ROOT,
+                env=env,
+                start_new_session=True,
+            )
+            rc = sup.wait(proc)
+        except BaseException:  # the runner itself failed: leave nothing behind
+            sup.send(signal.SIGKILL)
+            _kill_kernel(stage)
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        error = None
+        if sup.signal is not None:
+            status = "interrupted"
+        elif rc == 0:
+            status = "complete"
+        else:
+            status = "failed"
+            try:
+                error = json.loads((stage / CHILD_ERROR).read_text())
+            except (OSError, ValueError):
+                error = {"ename": "ExecutionError", "evalue": f"the notebook process exited with code {rc}"}
+        if status != "complete":
+            _kill_kernel(stage)
+        target = _finalize(stage, final, nb_name, run_name, typed, status, error, started, replace, sup.signal)
     nb_path = target / f"{nb_name}.ipynb"
     if status == "interrupted":
         raise RunInterrupted(
@@ -322,6 +343,11 @@ def main(argv=None) -> int:
     ap.add_argument("--list-params", action="store_true", help="print the notebook's parameters and exit")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     a = ap.parse_args(argv)
+    # while a run is active its supervisor handles SIGINT / SIGTERM; around it, the command line
+    # absorbs them (noting the first), so a second signal during the clean-up cannot kill it halfway
+    got = []
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda signum, frame: got.append(signum))
     try:
         if a.list_params:
             from .report import md_table
@@ -345,10 +371,15 @@ def main(argv=None) -> int:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     except RunInterrupted as e:
+        for s in (signal.SIGINT, signal.SIGTERM):  # Python resets handlers at exit, but keeps SIG_IGN
+            signal.signal(s, signal.SIG_IGN)
         print(f"INTERRUPTED: {e}", file=sys.stderr)
         return 130
     except (FileNotFoundError, ValueError, ParameterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if got:
+        print(f"INTERRUPTED by {signal.Signals(got[0]).name} before or after the run", file=sys.stderr)
+        return 130
     print(f"done: {run}")
     return 0
