@@ -64,6 +64,13 @@ def test_notebook_03_on_tiny_model(tiny_llama_dir, tmp_path):
     assert "Entropy averaging rule: For every sequence" in report
     assert "![resid heatmap](resid_heatmap.png)" in report and "## Run record" in report
     assert out["analysis"]["bootstrap"]["corr_T_entropy"]["n_boot"] == 50
+    # headless progress: a few whole lines, no widget warning, no per-update stderr blocks (issue 15)
+    nb = json.loads((run_dir / "03_sa_rescale.ipynb").read_text())
+    streams = [o for c in nb["cells"] for o in c.get("outputs", []) if o["output_type"] == "stream"]
+    text = "".join("".join(o["text"]) for o in streams)
+    assert "IProgress" not in text and "\r" not in text
+    assert sum(o["name"] == "stderr" for o in streams) == 0, [o["text"] for o in streams if o["name"] == "stderr"]
+    assert "jupytext" not in nb["metadata"] and nb["metadata"]["kernelspec"]["display_name"].endswith("spectra)")
 
 
 @pytest.mark.parametrize("family", ["gpt2", "bert"])

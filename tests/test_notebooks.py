@@ -134,3 +134,65 @@ def test_report_is_the_markdown_cells_with_each_code_cells_outputs():
         "unmatched",
         "## Run record\n",
     ]
+
+
+def test_output_root_rule(monkeypatch, tmp_path):
+    from utils.running.paths import PROJECT_ROOT, output_root
+
+    monkeypatch.delenv("TSPECTRA_OUTPUT", raising=False)
+    monkeypatch.chdir(tmp_path)  # wherever the kernel runs
+    assert output_root("output") == output_root("") == PROJECT_ROOT / "output"
+    assert output_root("elsewhere/x") == PROJECT_ROOT / "elsewhere" / "x"
+    assert output_root(str(tmp_path / "abs")) == tmp_path / "abs"
+    monkeypatch.setenv("TSPECTRA_OUTPUT", str(tmp_path / "env"))
+    assert output_root("output") == tmp_path / "env" and output_root("mine") == PROJECT_ROOT / "mine"
+
+
+@pytest.mark.parametrize("tool", ["papermill from the repo root", "papermill from notebooks/", "jupytext --execute"])
+def test_every_tool_writes_results_under_the_same_output_folder(tool, tmp_path, tiny_llama_dir):
+    """Plain papermill (from either folder) and jupytext --execute put the run where the runner does."""
+    import json
+    import os
+
+    out = tmp_path / "out"
+    env = dict(os.environ, TSPECTRA_OUTPUT=str(out))
+    before = {p.name for p in (REPO_ROOT / "notebooks").iterdir()}
+    src = REPO_ROOT / "notebooks" / "01_weight_ranks.py"
+    if tool.startswith("papermill"):
+        ipynb = tmp_path / "01_weight_ranks.ipynb"
+        to_ipynb(src, ipynb)
+        cwd = REPO_ROOT if "root" in tool else REPO_ROOT / "notebooks"
+        cmd = [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(ipynb),
+            str(tmp_path / "executed.ipynb"),
+            "-p",
+            "model",
+            str(tiny_llama_dir),
+            "-p",
+            "layer_idx",
+            "1",
+            "-k",
+            KERNELSPEC["name"],
+        ]
+    else:
+        cwd = tmp_path
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupytext",
+            "--execute",
+            "--to",
+            "ipynb",
+            "-o",
+            str(tmp_path / "x.ipynb"),
+            str(src),
+        ]
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = out / "01_weight_ranks" / "default"
+    assert json.loads((run / "run.json").read_text())["status"] == "complete" and (run / "report.html").is_file()
+    assert {p.name for p in (REPO_ROOT / "notebooks").iterdir()} == before, "results landed in notebooks/"
+    assert not (tmp_path / "output").exists()

@@ -24,7 +24,8 @@ def test_run_stages_then_records_params_timings_files(tmp_path):
     (run.dir / "direct.bin").write_bytes(b"1")
     run.register("direct.bin")
     run.show("# Title\n\nbody")
-    assert run.finish() == final and run.dir == final
+    run.finish()
+    assert run.dir == run.final_dir == final
     assert [p.name for p in (tmp_path / "99_demo").iterdir()] == ["r1"]  # the staging folder is gone
     rec = json.loads((final / "run.json").read_text())
     assert rec["params"] == {"model": "x", "k": 3} and "step" in rec["timings_s"] and rec["status"] == "complete"

@@ -46,6 +46,15 @@ _API = {
 __all__ = sorted(_API)
 
 
+def _quiet_when_headless() -> None:
+    from .progress import quiet_libraries
+
+    quiet_libraries()
+
+
+_quiet_when_headless()
+
+
 def __getattr__(name: str):
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)

@@ -50,6 +50,23 @@ def headless() -> bool:
     return _in_kernel() and any(p in _parent_cmdline() for p in _HEADLESS_PARENTS)
 
 
+def quiet_libraries() -> None:
+    """Headless: no progress bars from transformers / huggingface_hub (dozens of stderr blocks in an
+    executed notebook) and no warning that the notebook widget is missing."""
+    if not headless():
+        return
+    import warnings
+
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 class _LineWriter:
     """A file for tqdm that turns carriage-return redraws into whole lines."""
 

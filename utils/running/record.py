@@ -281,9 +281,10 @@ class Run:
     def report_markdown(self) -> str:
         return assemble(self._cells, self._outputs, [self.record_markdown()])
 
-    def finish(self) -> Path:
+    def finish(self) -> None:
         """Write ``report.md`` and ``report.html``, mark the run complete and (when this run owns
-        its staging folder) swap it into place. Returns the final run folder."""
+        its staging folder) swap it into place (``run.final_dir``). Returns None, so that the last
+        cell of a notebook shows nothing more than the report's path."""
         md = self.report_markdown()
         self.save_text(md, "report.md")
         title = next((ln.lstrip("# ").strip() for ln in md.splitlines() if ln.startswith("# ")), self.notebook)
@@ -294,7 +295,6 @@ class Run:
             swap_in(self.dir, self.final_dir)
             self.dir = self.final_dir
         print(f"report: {self.final_dir / 'report.md'}")
-        return self.final_dir
 
     # -- the record -----------------------------------------------------------------------------
     def record(self) -> dict:
