@@ -243,3 +243,42 @@ def directionality_table(src, layers=None, device=None, progress: bool = True) -
             rows.append({"layer": li, "head": hd, "directionality": float(s)})
         rows.append({"layer": li, "head": -1, "directionality": float(directionality(layer_qk(src, li, device))[0])})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- heads against a null
+HEAD_NULL_METRICS = ("eff_rank", "symmetry")
+
+
+def head_null_table(trained: pd.DataFrame, null: pd.DataFrame, circuits=("qk", "ov")) -> pd.DataFrame:
+    """Per circuit and metric: trained and null means, their ratio, and the z-score of each trained head
+    against the null heads of its own layer (``AttentionSweep.to_frame()`` of the model and of its
+    :class:`~utils.spectral.null.PermutedWeights`): mean |z| and the share of heads with |z| > 3."""
+    rows = []
+    for c in circuits:
+        for m in HEAD_NULL_METRICS:
+            col = m if c == "qk" else f"{c}_{m}"
+            z = np.concatenate(
+                [zscore(g[col].to_numpy(), null.loc[null.layer == li, col].to_numpy()) for li, g in trained.groupby("layer")]
+            )
+            rows.append(
+                {
+                    "circuit": c.upper(),
+                    "metric": m,
+                    "trained (mean)": trained[col].mean(),
+                    "null (mean)": null[col].mean(),
+                    "ratio": trained[col].mean() / null[col].mean(),
+                    "mean |z|": np.nanmean(np.abs(z)),
+                    "heads with |z| > 3": f"{np.mean(np.abs(z) > 3):.0%}",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def directionality_summary(trained: pd.DataFrame, null: pd.DataFrame) -> pd.DataFrame:
+    """Per-head and whole-layer directionality (mean, std, max |score|) beside the same for a null model."""
+    rows = []
+    for what, sel in (("per head", lambda d: d[d["head"] >= 0]), ("whole layer", lambda d: d[d["head"] < 0])):
+        for name, d in (("trained", trained), ("null", null)):
+            v = sel(d).directionality
+            rows.append({"unit": what, "model": name, "mean": v.mean(), "std": v.std(), "max |score|": v.abs().max()})
+    return pd.DataFrame(rows)

@@ -8,7 +8,8 @@ For each matched pair ``W_a``, ``W_b`` (float64), ``dW = W_b - W_a``:
   rank and numerical ``rank`` (singular values above ``rank_rtol * sigma_max(dW)``; 0 for no change);
 * principal angles between the top-``k`` singular subspaces of ``W_a`` and ``W_b`` (of the short side,
   from the eigenvectors of its Gram): ``angle_max`` (degrees) and ``overlap`` = mean cos^2 (1: same
-  subspace, k/n: unrelated). Identical matrices give exactly 0 and 1.
+  subspace) beside ``overlap_null`` = k / n, its expectation for unrelated random subspaces. Identical
+  matrices give exactly 0 and 1.
 
 :func:`changed_layers` ranks the layers by ``||dW||_F^2 / ||W_a||_F^2`` summed over their matrices.
 """
@@ -62,6 +63,7 @@ def weight_diff(Wa, Wb, top_k: int = 16, keep: int = 32, rank_rtol: float = RANK
         "eff_rank_b": float(effective_rank(Sa if same else gram_svdvals(Wb))),
         "angle_max": float(np.degrees(ang.max())),
         "overlap": float(np.mean(np.cos(ang) ** 2)),
+        "overlap_null": k / min(Wa.shape),
         "sv_diff": S[:keep],
     }
 
