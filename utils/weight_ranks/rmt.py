@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..spectral import effective_rank, gram_svdvals, stable_rank
 from ..spectral.null import derived_seed, matrix_key, permute_entries, ratio
@@ -90,7 +91,8 @@ class RMTColumns:
         out = spectrum_columns(S, ref.shape, self.policy, self.n_boot, s)
         if not self.null:
             return out
-        S0 = gram_svdvals(permute_entries(W, s).float())
+        Wp = permute_entries(W, s)
+        S0 = gram_svdvals(Wp if Wp.dtype in (torch.float32, torch.float64) else Wp.float())
         null = spectrum_columns(S0, ref.shape, self.policy, 0, s)
         out.update(
             null_eff_rank=float(effective_rank(S0)),
