@@ -35,7 +35,9 @@ def injected(tiny_llama_dir, tmp_path_factory):
     def inject(t):
         g = torch.Generator().manual_seed(0)
         for (layer, proj), _ in INJECT.items():
-            key = next(k for k in t if k.endswith(f"layers.{layer}.{'self_attn' if proj == 'q_proj' else 'mlp'}.{proj}.weight"))
+            key = next(
+                k for k in t if k.endswith(f"layers.{layer}.{'self_attn' if proj == 'q_proj' else 'mlp'}.{proj}.weight")
+            )
             m, n = t[key].shape
             dW = torch.randn(m, RANK, generator=g) @ torch.randn(RANK, n, generator=g) * 0.05
             updates[key] = (t[key].double().clone(), dW)

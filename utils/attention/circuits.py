@@ -258,7 +258,10 @@ def head_null_table(trained: pd.DataFrame, null: pd.DataFrame, circuits=("qk", "
         for m in HEAD_NULL_METRICS:
             col = m if c == "qk" else f"{c}_{m}"
             z = np.concatenate(
-                [zscore(g[col].to_numpy(), null.loc[null.layer == li, col].to_numpy()) for li, g in trained.groupby("layer")]
+                [
+                    zscore(g[col].to_numpy(), null.loc[null.layer == li, col].to_numpy())
+                    for li, g in trained.groupby("layer")
+                ]
             )
             rows.append(
                 {
