@@ -74,7 +74,8 @@ def compare_alpha(df, spectra, details):
         o = ours_.loc[[w.k]].iloc[0]
         lam = rmt.esd(spectra[o["name"]], (int(o.rows), int(o.cols)))
         same = rmt.powerlaw_fit(lam, policy="ww")
-        at_xmin = rmt.alpha_mle(lam, w.xmin / max(o.rows, o.cols))  # WW's lambda is sigma^2, ours sigma^2 / N
+        # WW's lambda is sigma^2, ours sigma^2 / N: its cutoff is our eigenvalue nearest xmin / N (not a float compare)
+        at_xmin = rmt.alpha_mle(lam, lam[np.argmin(np.abs(lam - w.xmin / max(o.rows, o.cols)))])
         rows.append((w.k, w.alpha, same.alpha, at_xmin, o.alpha, w.num_pl_spikes, o.n_tail, o.credible))
     c = pd.DataFrame(
         rows, columns=["k", "ww", "ours_ww_policy", "ours_at_ww_xmin", "ours_csn", "ww_tail", "csn_tail", "ok"]

@@ -13,7 +13,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # 07 · Model vs model: what changed, where, and how
 #
