@@ -37,6 +37,10 @@ include_ov: bool = True  # also analyse the OV circuits W_O,i W_V,g
 device: str = "cpu"  # cpu, cuda, cuda:N or auto (GPU when present) for the float64 decompositions
 top_k: int = 20  # rows of the top-eigenvalue table
 dense_check_max_d: int = 4096  # dense d x d check of the chosen head when d is at most this (0 skips)
+null_model: bool = True  # compare every head with a permuted null (entries permuted; residual for composition)
+null_seed: int = 0  # seed of the permuted nulls
+composition: bool = True  # Q-, K-, V-composition scores between every pair of heads in different layers
+top_pairs: int = 10  # rows per composition in the top-pairs table
 
 # %%
 import numpy as np
@@ -45,9 +49,10 @@ import pandas as pd
 from utils import attention, plots
 from utils.running import start_run
 from utils.running.params import check_index
+from utils.spectral.null import PermutedWeights
 from utils.weights import open_weights
 
-run = start_run("02_attention_kernels", globals(), positive=("top_k",), nonnegative=("dense_check_max_d",))
+run = start_run("02_attention_kernels", globals(), positive=("top_k", "top_pairs"), nonnegative=("dense_check_max_d",))
 src = open_weights(model)
 D = src.dims
 layer = check_index("layer_idx", layer_idx, D.L, "layers")
@@ -133,6 +138,47 @@ for c in circuits:
         run.save_csv(per_layer, "qk_per_layer_summary.csv")
 qk_grid = pd.DataFrame(np.round(sw.eff_rank("qk"), 1), columns=[f"H{i}" for i in range(D.h)]).rename_axis("layer")
 run.show(qk_grid, index=True)
+
+# %% [markdown]
+# ## Every head against its permuted null
+#
+# The same sweep on the model with every weight matrix's entries randomly permuted (same values, no
+# structure). Each trained head's effective rank and symmetry score get a z-score against the null heads
+# of its own layer; the figure shows where trained heads leave the null cloud. A symmetry score near the
+# null's ≈ 0.5 says nothing; far above it, the kernel is close to a symmetric bilinear form.
+
+# %%
+if null_model:
+    with run.timer("null sweep"):
+        sw0 = attention.sweep_attention(PermutedWeights(src, null_seed), circuits=circuits, device=device)
+    heads, heads0 = sw.to_frame(), sw0.to_frame()
+    run.show(attention.head_null_table(heads, heads0, circuits).round(3))
+    run.show(plots.diagnostics.heads_vs_null(heads, heads0, circuits), "heads_vs_null.png")
+
+# %% [markdown]
+# ## Head circuits: composition scores and directionality
+#
+# Q-, K- and V-composition (Elhage et al. 2021): how much of what head *a* writes is read by the queries,
+# keys or values of head *b* in a later layer, `‖B_aᵀA_b‖_F / (‖B_a‖_F‖A_b‖_F)` and the like, exact and
+# GQA-aware, without a d × d product. The null permutes each layer's residual coordinates: every head
+# keeps its own spectrum and only the alignment between layers is lost, so a z-score far above 0 is
+# composition beyond chance. Directionality (Saponati et al. 2025) is (E_c − E_r)/(E_c + E_r) from the row
+# and column norms of a QK kernel that exceed mean + 2 std: positive when a few key-side directions stand out.
+
+# %%
+if composition:
+    with run.timer("composition scores"):
+        cs = attention.composition_scores(src, device=device)
+        if null_model:
+            cs = attention.with_null(cs, attention.composition_scores(PermutedWeights(src, null_seed, "residual")))
+    run.save_csv(cs.pairs(), "composition_scores.csv")
+    run.show(attention.top_pairs(cs, top_pairs).round(4))
+    run.show(plots.diagnostics.composition_heatmaps(cs), "composition_heatmaps.png")
+    if null_model:
+        run.show(plots.diagnostics.score_vs_null(cs), "composition_vs_null.png")
+    dirs = attention.directionality_table(src, device=device)
+    run.save_csv(dirs, "directionality.csv")
+    run.show(attention.directionality_summary(dirs, attention.directionality_table(PermutedWeights(src, null_seed))).round(4))
 
 # %% [markdown]
 # ## Notes on what is computed

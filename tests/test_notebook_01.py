@@ -24,6 +24,8 @@ def test_notebook_01_runs_on_each_family(tiny_model_dirs, tmp_path, family):
         "eff_rank_by_layer.png",
         "down_proj_variance.png",
         "eff_rank_stats_by_type.csv",
+        "esd_by_type.png",
+        "null_vs_trained.png",
     } <= files
     assert not [f for f in files if f.startswith(".")], "temp files left behind"
     df = pd.read_csv(run_dir / "weight_ranks.csv")
@@ -42,6 +44,10 @@ def test_notebook_01_runs_on_each_family(tiny_model_dirs, tmp_path, family):
     p = s / s.sum()
     row = df[(df.layer_idx == 1) & (df.weight_type == "W_down")]
     assert row["eff_rank"].item() == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-9)
+    # random-matrix columns of the same row: top eigenvalue of W^T W / N, weighted alpha, null beside it
+    assert row["lambda_max"].item() == pytest.approx(s[0] ** 2 / max(W.shape), rel=1e-9)
+    assert row["alpha_weighted"].item() == pytest.approx(row["alpha"].item() * np.log10(s[0] ** 2), rel=1e-9)
+    assert row["eff_rank_ratio"].item() == pytest.approx(row["eff_rank"].item() / row["null_eff_rank"].item())
     report = (run_dir / "report.md").read_text()
     assert "![eff rank by layer](eff_rank_by_layer.png)" in report
     assert "## Run record" in report and "## Phases: early / middle / late thirds" in report

@@ -3,8 +3,21 @@
 * :mod:`.heads`: :func:`layer_kernels` (one layer, a :class:`~utils.spectral.FactoredKernels`),
   :func:`sweep_attention` (every layer, streamed), per-head summaries.
 * :mod:`.reference`: the dense d x d reference computation and the dense-vs-exact comparison.
+* :mod:`.circuits`: Q-, K-, V-composition scores between heads, QK directionality.
 """
 
+from .circuits import (
+    COMPOSITIONS,
+    CompositionScores,
+    composition_scores,
+    directionality,
+    directionality_summary,
+    directionality_table,
+    head_null_table,
+    layer_qk,
+    top_pairs,
+    with_null,
+)
 from .heads import (
     CIRCUITS,
     TITLES,
@@ -24,6 +37,16 @@ from .heads import (
 from .reference import dense_kernel_spectra, dense_vs_exact, match_eigenvalues
 
 __all__ = [
+    "COMPOSITIONS",
+    "CompositionScores",
+    "composition_scores",
+    "directionality",
+    "directionality_summary",
+    "directionality_table",
+    "head_null_table",
+    "layer_qk",
+    "top_pairs",
+    "with_null",
     "CIRCUITS",
     "TITLES",
     "AttentionSweep",

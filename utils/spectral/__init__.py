@@ -4,8 +4,11 @@
 * :mod:`.metrics`: effective rank, stable rank, energy counts, the complex-eigenvalue rule, summaries.
 * :mod:`.factored`: :class:`FactoredKernels`, exact spectra of ``X Y`` products without forming them.
 * :mod:`.threads`: the one thread limiter every parallel sweep uses.
+* :mod:`.rmt`: Marchenko-Pastur bulk and spikes, power-law tail fits (random-matrix diagnostics).
+* :mod:`.null`: permuted null models (:class:`~utils.spectral.null.PermutedWeights`).
 """
 
+from . import null, rmt  # noqa: E402  (after the primitives they build on)
 from .core import check_finite, gram_svdvals, svdvals
 from .factored import FactoredKernels, KernelSpectra
 from .metrics import (
@@ -36,6 +39,8 @@ __all__ = [
     "energy_share",
     "gram_svdvals",
     "limited_threads",
+    "null",
+    "rmt",
     "stable_rank",
     "summarize",
     "svdvals",

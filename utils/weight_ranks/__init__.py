@@ -3,8 +3,11 @@
 * :mod:`.sweep`: :func:`weight_sweep`, the streamed sweep over every 2-D weight.
 * :mod:`.tables`: statistics by weight type, early / middle / late phases, largest transitions,
   variance explained.
+* :mod:`.rmt`: random-matrix diagnostics and the permuted null of every matrix, as a ``per_matrix``
+  hook of the same sweep (:class:`RMTColumns`, :func:`rmt_sweep`) and their tables.
 """
 
+from .rmt import RMTColumns, layer_quality, null_summary, quality_by_type, quality_table, rmt_sweep, with_null_ratios
 from .sweep import PER_LAYER_ORDER, weight_sweep
 from .tables import (
     MODEL_LEVEL_COLUMNS,
@@ -24,6 +27,13 @@ from .tables import (
 )
 
 __all__ = [
+    "RMTColumns",
+    "layer_quality",
+    "null_summary",
+    "quality_by_type",
+    "quality_table",
+    "rmt_sweep",
+    "with_null_ratios",
     "MODEL_LEVEL_COLUMNS",
     "extremes",
     "layer_table",

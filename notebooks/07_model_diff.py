@@ -1,0 +1,81 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (transformer-spectra)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Model vs model: what changed, where, and how
+#
+# Two checkpoints of one architecture (a base model and its fine-tune, two checkpoints of a run, a quantised
+# and an unquantised file) are matched weight by weight and streamed: two matrices in memory at a time.
+# Per weight: the relative change `‖ΔW‖_F/‖W_A‖_F`, the spectrum of `ΔW = W_B − W_A` with its effective,
+# stable and numerical rank (a fine-tune that is a low-rank update shows a small rank), and the principal
+# angles between the top-k singular subspaces of `W_A` and `W_B`. Per head: the change of the QK / OV
+# singular values and symmetry. Mismatched architectures are refused with the first difference named.
+
+# %% tags=["parameters"]
+model: str = "smollm2"  # model A (the base): bundled default, a .gguf path, an HF checkpoint dir, or a hub id
+model_b: str = "smollm2"  # model B (the other checkpoint), any model spec of the same architecture
+run_name: str = "default"  # results go to output/<notebook>/<run_name>/
+output_root: str = "output"  # results root; a relative path is taken from the project root
+top_k: int = 16  # singular directions whose subspaces are compared by principal angles
+heads: bool = True  # also compare the QK / OV spectra and symmetry of every head
+top_layers: int = 10  # rows of the most-changed-layers table
+
+# %%
+from utils import diff, plots
+from utils.running import start_run
+from utils.weights import open_weights
+
+run = start_run("07_model_diff", globals(), positive=("top_k", "top_layers"))
+a, b = open_weights(model), open_weights(model_b)
+pairs = diff.match_models(a, b)
+run.show(f"A: {a.name}; B: {b.name}; {len(pairs)} matched matrices.")
+run.show(a.describe())
+
+# %% [markdown]
+# ## Every weight: relative change, rank of the difference, subspace angles
+#
+# `rank` counts singular values of ΔW above 1e-3 · σ_max(ΔW) (0: unchanged). `overlap` is the mean cos² of
+# the principal angles between the top-k singular subspaces: 1 for the same subspace, about k/n (n the short
+# side) for unrelated ones, the baseline shown in column `overlap_null`. The heatmaps show the relative change and the rank by layer and weight type.
+
+# %%
+with run.timer("weight diff"):
+    df = diff.diff_sweep(a, b, top_k=top_k)
+run.save_csv(df.drop(columns="sv_diff"), "weight_diff.csv")
+run.show(f"{int((df.rel_change > 0).sum())} of {len(df)} matrices changed; largest relative change {df.rel_change.max():.3g}.")
+run.show(plots.diagnostics.diff_by_layer(df), "diff_by_layer.png")
+run.show(df.drop(columns="sv_diff").round(4), details="every matrix")
+
+# %% [markdown]
+# ## The layers that changed most
+#
+# Layers ranked by the root mean square of the relative change of their matrices.
+
+# %%
+run.show(diff.changed_layers(df, top_layers).round(4))
+
+# %% [markdown]
+# ## Every head: QK / OV spectra and symmetry
+#
+# `sv_change` = ‖s_B − s_A‖/‖s_A‖ of a head's kernel singular values; `dsymmetry` the change of its symmetry
+# score (0 unchanged; a random kernel sits at ≈ 0.5).
+
+# %%
+if heads:
+    with run.timer("head diff"):
+        hd = diff.head_diff(a, b)
+    run.save_csv(hd, "head_diff.csv")
+    run.show(hd.nlargest(top_layers, "qk_sv_change").round(4))
+run.finish()

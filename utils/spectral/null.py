@@ -1,0 +1,112 @@
+"""Null models: the same weights with their structure destroyed, to say whether a metric is large or small.
+
+* :func:`permute_entries`: a matrix with its entries randomly permuted (seeded). It keeps the element
+  distribution (every value, hence the Frobenius norm) and destroys every correlation between rows and
+  columns, so its spectrum is the Marchenko-Pastur law of i.i.d. entries with the same variance.
+* :func:`permute_residual`: the residual-stream coordinates (the ``d`` side) of a layer's weights
+  permuted together, one permutation per layer. Each head's QK / OV kernel becomes ``P A P^T``: its own
+  spectrum, symmetry and norm are unchanged, only its alignment with other layers is destroyed (the
+  null of composition scores).
+* :class:`PermutedWeights`: a WeightSource whose every matrix comes back permuted (either mode), so any
+  streamed analysis (weight sweep, attention sweep, composition scores) runs on the null model as is.
+* :func:`ratio`, :func:`zscore`: a trained value beside its null.
+
+Seeds are derived from one base seed and the matrix name (or layer), so a null is reproducible and
+independent of the order in which matrices are visited.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+
+MODES = ("entries", "residual")
+D_IN_ROLES = ("q", "k", "v", "gate", "up")  # nn.Linear (out, in): the residual stream is the input side
+D_OUT_ROLES = ("o", "down")  # the residual stream is the output side
+
+
+def derived_seed(seed: int, key) -> int:
+    """A 63-bit seed from a base seed and a key (matrix name or layer), stable across runs."""
+    return (int(seed) * 1_000_003 + zlib.crc32(str(key).encode())) % (2**63 - 1)
+
+
+def _perm(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)
+
+
+def permute_entries(W, seed: int = 0) -> torch.Tensor:
+    """``W`` (any shape) with its entries randomly permuted; same shape, dtype and multiset of values."""
+    W = torch.as_tensor(W).detach().cpu()
+    flat = W.reshape(-1)
+    return flat[_perm(flat.numel(), seed)].reshape(W.shape)
+
+
+def permute_residual(W, role: str, perm: torch.Tensor) -> torch.Tensor:
+    """``W`` with its residual-stream axis reordered by ``perm`` (columns for q k v gate up, rows for o down)."""
+    W = torch.as_tensor(W)
+    if role in D_IN_ROLES:
+        return W[:, perm]
+    if role in D_OUT_ROLES:
+        return W[perm, :]
+    raise ValueError(f"unknown role {role!r}: expected one of {D_IN_ROLES + D_OUT_ROLES}")
+
+
+class PermutedWeights:
+    """A WeightSource whose matrices come back permuted (module docstring); wraps ``src``.
+
+    mode ``"entries"``: every matrix's entries, seeded by its name; ``"residual"``: one permutation of the
+    d residual coordinates per layer, shared by that layer's roles (model-level matrices: their entries).
+    """
+
+    def __init__(self, src, seed: int = 0, mode: str = "entries"):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.src, self.seed, self.mode = src, int(seed), mode
+        self.dims, self.family = src.dims, getattr(src, "family", None)
+        self.name = f"{getattr(src, 'name', 'model')} (null: {mode} permuted, seed {seed})"
+        self.kind = getattr(src, "kind", "null")
+
+    def __getattr__(self, item):  # layer_index, has_role, describe, ... from the wrapped source
+        return getattr(self.src, item)
+
+    def _residual_perm(self, layer: int) -> torch.Tensor:
+        return _perm(self.dims.d, derived_seed(self.seed, f"layer {layer}"))
+
+    def _permute(self, W, name: str, layer: int, role: str | None) -> torch.Tensor:
+        if self.mode == "residual" and role is not None and layer >= 0:
+            return permute_residual(W, role, self._residual_perm(layer))
+        return permute_entries(W, derived_seed(self.seed, name))
+
+    def matrices(self):
+        return self.src.matrices()
+
+    def load(self, ref, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        return self._permute(self.src.load(ref, dtype=dtype), matrix_key(ref), ref.layer, ref.role)
+
+    def layer_weight(self, layer: int, role: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        W = self.src.layer_weight(layer, role, dtype=dtype)
+        L = self.dims.L
+        return self._permute(W, f"layer {layer % L} {role}", layer % L, role)
+
+
+def matrix_key(ref) -> str:
+    """The key a matrix's null seed derives from: ``"layer i role"`` (whichever accessor loads it), else its name."""
+    return f"layer {ref.layer} {ref.role}" if getattr(ref, "role", None) else ref.name
+
+
+def ratio(trained, null) -> np.ndarray:
+    """``trained / null`` (NaN where the null is 0 or missing)."""
+    t, n = np.asarray(trained, dtype=float), np.asarray(null, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n != 0, t / n, np.nan)
+
+
+def zscore(trained, null_sample, axis=None) -> np.ndarray:
+    """``(trained - mean(null)) / std(null)`` against a null sample (std with ddof=1; NaN if it is 0)."""
+    s = np.asarray(null_sample, dtype=float)
+    mu, sd = np.nanmean(s, axis=axis), np.nanstd(s, axis=axis, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sd > 0, (np.asarray(trained, dtype=float) - mu) / sd, np.nan)
