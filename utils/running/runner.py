@@ -19,7 +19,12 @@ final place and swapped in whole at the end. What a user finds afterwards:
   the run is kept as ``<run name>.interrupted/`` (``"status": "interrupted"``; the executed
   notebook says where it stopped); the last complete run is untouched. Exit code 130.
 
-No staging folder, temp file or kernel is left behind in any of the three cases.
+No staging folder, temp file or kernel is left behind in any of the three cases, nor when the
+runner itself is killed: the child notices that its parent is gone, stops the kernel and removes the
+staging folder (:mod:`utils.running.child`).
+
+A run of a *group* (``group=``, used by sweeps) lives in ``<root>/<notebook>/<group>/<run name>/``;
+``stop=`` (an event) lets a caller outside the main thread interrupt a run as SIGINT would.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from pathlib import Path
 from .params import ParameterError, coerce_all, notebook_parameters
 from .paths import PROJECT_ROOT, check_run_name, find_notebook, run_dir
 from .paths import output_root as resolve_output_root
-from .record import STAGE_ENV, clean_stale_stages, stage_dir_for, swap_in, utc_now
+from .record import GROUP_ENV, STAGE_ENV, clean_stale_stages, stage_dir_for, swap_in, utc_now
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (transformer-spectra)", "language": "python"}
 CHILD_ERROR = ".child-error.json"
@@ -83,10 +88,11 @@ def list_params(notebook) -> list[dict]:
 
 # ----------------------------------------------------------------------------- supervising
 class _Supervisor:
-    """Waits for the child; on SIGINT / SIGTERM stops it (then kills it on a second signal)."""
+    """Waits for the child; on SIGINT / SIGTERM (or ``stop`` set) stops it, then kills it on a second signal."""
 
-    def __init__(self, proc: subprocess.Popen):
+    def __init__(self, proc: subprocess.Popen, stop=None):
         self.proc = proc
+        self.stop = stop
         self.signal: int | None = None
         self._old = {}
 
@@ -114,6 +120,8 @@ class _Supervisor:
                 try:
                     return self.proc.wait(timeout=0.2)
                 except subprocess.TimeoutExpired:
+                    if self.signal is None and self.stop is not None and self.stop.is_set():
+                        self._handler(signal.SIGINT, None)
                     if self.signal is not None:
                         deadline = deadline or time.monotonic() + GRACE_S
                         if time.monotonic() > deadline:
@@ -124,7 +132,7 @@ class _Supervisor:
                     signal.signal(s, h)
 
 
-def _kill_kernel(stage: Path) -> None:
+def kill_kernel(stage: Path) -> None:
     """Stop the kernel recorded in the staging folder if it still runs (after an interrupt)."""
     try:
         pid = int(json.loads((stage / "run.json").read_text())["pid"])
@@ -185,12 +193,13 @@ def _finalize(
     started: str,
     replace: bool,
     signum: int | None,
+    group: str | None = None,
 ) -> Path:
     rec_path = stage / "run.json"
     try:
         rec = json.loads(rec_path.read_text())
     except (OSError, ValueError):
-        rec = {"notebook": nb_name, "run_name": run_name, "params": params, "files": []}
+        rec = {"notebook": nb_name, "run_name": run_name, "group": group, "params": params, "files": []}
     rec.update(
         status=status,
         started_utc=rec.get("started_utc") or started,
@@ -220,8 +229,13 @@ def execute(
     replace: bool = False,
     timeout: int | None = None,
     progress: bool = False,
+    group: str | None = None,
+    stop=None,
 ) -> Path:
     """Execute a notebook with parameters into its run folder (module docstring); returns the folder.
+
+    ``group``: the run goes to ``<root>/<notebook>/<group>/<run_name>/``. ``stop``: an object with
+    ``is_set()`` (a ``threading.Event``); once set, the run is interrupted as by SIGINT.
 
     Raises ``ValueError`` (bad name or parameter) before anything is created, :class:`NotebookFailed`
     when a cell raised, :class:`RunInterrupted` after SIGINT / SIGTERM.
@@ -231,7 +245,7 @@ def execute(
     typed = coerce_all(notebook_parameters(src), dict(params or {}))
     check_run_name(run_name)
     root = resolve_output_root(output_root)
-    final = run_dir(root, nb_name, run_name)
+    final = run_dir(root, nb_name, run_name, group)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_stages(final)
     stage = stage_dir_for(final)
@@ -245,6 +259,9 @@ def execute(
         "progress": progress,
     }
     env = dict(os.environ, **{STAGE_ENV: str(stage), "TSPECTRA_HEADLESS": "1", "PYTHONUNBUFFERED": "1"})
+    env.pop(GROUP_ENV, None)
+    if group:
+        env[GROUP_ENV] = group
     started = utc_now()
     proc = subprocess.Popen(
         [sys.executable, "-m", "utils.running.child", json.dumps(args)],
@@ -252,29 +269,29 @@ def execute(
         env=env,
         start_new_session=True,
     )
-    sup = _Supervisor(proc)
+    sup = _Supervisor(proc, stop)
     try:
         rc = sup.wait()
     except BaseException:
         sup.send(signal.SIGKILL)
         proc.wait()
-        _kill_kernel(stage)
+        kill_kernel(stage)
         shutil.rmtree(stage, ignore_errors=True)
         raise
     error = None
     if sup.signal is not None:
         status = "interrupted"
-        _kill_kernel(stage)
+        kill_kernel(stage)
     elif rc == 0:
         status = "complete"
     else:
         status = "failed"
-        _kill_kernel(stage)
+        kill_kernel(stage)
         try:
             error = json.loads((stage / CHILD_ERROR).read_text())
         except (OSError, ValueError):
             error = {"ename": "ExecutionError", "evalue": f"the notebook process exited with code {rc}"}
-    target = _finalize(stage, final, nb_name, run_name, typed, status, error, started, replace, sup.signal)
+    target = _finalize(stage, final, nb_name, run_name, typed, status, error, started, replace, sup.signal, group)
     nb_path = target / f"{nb_name}.ipynb"
     if status == "interrupted":
         raise RunInterrupted(
