@@ -175,7 +175,8 @@ def _after(where: str, after, earlier: list[str]) -> tuple:
     for a in names:
         match = [e for e in earlier if e == a or e.startswith(a)]
         if len(set(match)) != 1:
-            _fail(where, f"{a!r} names no single notebook of an earlier entry (earlier: {', '.join(earlier) or 'none'})")
+            known = ", ".join(earlier) or "none"
+            _fail(where, f"{a!r} names no single notebook of an earlier entry (earlier: {known})")
         out.append(match[0])
     return tuple(dict.fromkeys(out))
 

@@ -141,7 +141,8 @@ class RandomInitWeights(WeightSource):
         if name not in shapes:
             raise KeyError(f"no model-level matrix {name!r} in {self.name} (it has {', '.join(shapes)})")
         zero = self.padding_row if name == "W_embed" else None
-        return self.generate(name, shapes[name], init_std(self.family, name, self.initializer_range, self.n_layer), zero)
+        std = init_std(self.family, name, self.initializer_range, self.n_layer)
+        return self.generate(name, shapes[name], std, zero)
 
     def _model_level(self) -> list[MatrixRef]:
         return [MatrixRef(wt, -1, wt, shape) for wt, shape in self._model_level_shapes().items()]
@@ -179,7 +180,6 @@ class RandomInitWeights(WeightSource):
                 target = params.get(names.embeddings[ref.weight_type].format(p=p))
                 if target is not None:
                     target.copy_(self.load(ref))
-
 
 
 def random_config(rs: RandomSpec):
