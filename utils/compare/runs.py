@@ -50,7 +50,7 @@ def _record(d: Path, sweep: str = "") -> dict | None:
 
 def _resolve(item: str, root: Path) -> Path:
     p = Path(item).expanduser()
-    for cand in ([p] if p.is_absolute() else [root / p, PROJECT_ROOT / p, Path.cwd() / p]):
+    for cand in [p] if p.is_absolute() else [root / p, PROJECT_ROOT / p, Path.cwd() / p]:
         if (cand / "run.json").is_file():
             return cand.resolve()
     raise FileNotFoundError(

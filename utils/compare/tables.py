@@ -169,7 +169,8 @@ def dynamics(runs: pd.DataFrame) -> pd.DataFrame:
     def read(p, r):
         df = pd.read_csv(p)
         g = df.groupby(["layer", "step"])["eff_rank"]
-        return pd.concat([g.mean(), g.min().rename("eff_rank_min"), g.max().rename("eff_rank_max")], axis=1).reset_index()
+        lo, hi = g.min().rename("eff_rank_min"), g.max().rename("eff_rank_max")
+        return pd.concat([g.mean(), lo, hi], axis=1).reset_index()
 
     out = _read(runs, "05", "spectral_summary.csv", read)
     if len(out):  # one label per run (several 05 runs usually share model "")
