@@ -243,6 +243,7 @@ class SweepResult:
     index_csv: Path | None = None
     index_html: Path | None = None
     dashboard: str = ""
+    gpu_workers: list = field(default_factory=list)
 
     def counts(self) -> dict:
         out: dict = {}
@@ -322,7 +323,8 @@ def run_sweep(
             )
         with open_client(scheduler, workers, n_gpus, dashboard) as client:
             result.dashboard = client.dashboard_link or ""
-            if need_gpu and not gpu_workers(client):
+            result.gpu_workers = gpu_workers(client)
+            if need_gpu and not result.gpu_workers:
                 raise SweepError(
                     f"{need_gpu[0].label} needs a GPU but no worker of the cluster has the resource GPU "
                     "(start one with: dask worker ADDRESS --resources GPU=1)"
