@@ -80,7 +80,9 @@ def test_failures_are_isolated_the_compare_runs_after_and_a_second_run_executes_
     # the comparison ran after the runs it waits for, and its numbers are the runs' numbers
     cmp_dir = tmp_path / "06_compare" / "iso" / "default"
     cmp_rec = _whole(cmp_dir, "06_compare")
-    ends = [json.loads((group / k / "run.json").read_text())["ended_utc"] for k in ("model=llama", "model=random-llama")]
+    ends = [
+        json.loads((group / k / "run.json").read_text())["ended_utc"] for k in ("model=llama", "model=random-llama")
+    ]
     assert cmp_rec["started_utc"] >= max(ends)
     row = _report_table_row((cmp_dir / "report.md").read_text(), "W_down")
     for cell, key in zip(row[1:3], ("model=llama", "model=random-llama")):

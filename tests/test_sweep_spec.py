@@ -37,7 +37,9 @@ def test_grid_expansion_types_keys_and_order():
 
 
 def test_run_keys_are_folder_names_and_collisions_get_a_hash():
-    assert run_key({"model": "/data/ckpt/Qwen2.5-3B/", "lr": 0.001, "bf16": True}) == "model=Qwen2-5-3B+lr=0p001+bf16=true"
+    assert (
+        run_key({"model": "/data/ckpt/Qwen2.5-3B/", "lr": 0.001, "bf16": True}) == "model=Qwen2-5-3B+lr=0p001+bf16=true"
+    )
     assert run_key({"model": "random:/x/llama@2"}) == "model=random-llama-2"
     sw = parse_sweep(
         {"name": "s", "runs": [{"notebook": "01", "grid": {"model": ["/a/tiny", "/b/tiny"], "layer_idx": [1]}}]}
@@ -60,7 +62,10 @@ BAD = [
     ({"name": "s", "runs": [{"notebook": "99_nope"}]}, r"runs\[0\]\.notebook: notebook '99_nope' not found"),
     ({"name": "s", "runs": [{"notebook": "01", "params": {"top": 1}}]}, r"runs\[0\]\.params\.top: unknown parameter"),
     ({"name": "s", "runs": [{"notebook": "01", "grid": {"model": "smollm2"}}]}, r"runs\[0\]\.grid\.model: must be a"),
-    ({"name": "s", "runs": [{"notebook": "01", "grid": {"model": []}}]}, r"runs\[0\]\.grid\.model: must be a non-empty"),
+    (
+        {"name": "s", "runs": [{"notebook": "01", "grid": {"model": []}}]},
+        r"runs\[0\]\.grid\.model: must be a non-empty",
+    ),
     (
         {"name": "s", "runs": [{"notebook": "01", "grid": {"layer_idx": [1, "x"]}}]},
         r"runs\[0\]\.grid\.layer_idx\[1\]: parameter layer_idx must be an integer, got 'x'",

@@ -93,7 +93,8 @@ def collect_runs(root=None) -> list[dict]:
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1400px;margin:1.5em auto;
 padding:0 1.2em;color:#222;line-height:1.45}h1{margin-bottom:0.2em}.sub{color:#555;margin-top:0}
-table{border-collapse:collapse;width:100%;font-size:0.9em;margin:0.6em 0 1.6em}
+table{border-collapse:collapse;width:100%;font-size:0.9em;margin:0.6em 0 1.6em;table-layout:fixed}
+td code{word-break:break-all}
 th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3;position:sticky;top:0}tr:hover td{background:#fafafa}
 td.num{text-align:right;white-space:nowrap}code{background:#f5f5f5;padding:0 3px;border-radius:3px;font-size:0.95em}
@@ -143,7 +144,9 @@ def index_html(root=None) -> str:
         f"<p class='sub'>{len(runs)} runs ({html.escape(summary)}) under <code>{html.escape(str(root))}</code>; "
         f"generated {now}. Links open each run's self-contained HTML report.</p>",
     ]
-    header = "<tr><th>sweep</th><th>run</th><th>model</th><th>parameters (not default)</th><th>status</th>"
+    widths = (10, 14, 17, 25, 12, 11, 6, 5)  # percent, one per column
+    header = "<colgroup>" + "".join(f"<col style='width:{w}%'>" for w in widths) + "</colgroup>"
+    header += "<tr><th>sweep</th><th>run</th><th>model</th><th>parameters (not default)</th><th>status</th>"
     header += "<th>started (UTC)</th><th>duration</th><th>report</th></tr>"
     for nb in sorted({r["notebook"] for r in runs}):
         rows = [r for r in runs if r["notebook"] == nb]

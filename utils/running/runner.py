@@ -360,6 +360,7 @@ def main(argv=None) -> int:
         )
     except NotebookFailed as e:
         print(f"FAILED: {e}", file=sys.stderr)
+        _write_index(a.output_root)
         return 1
     except RunInterrupted as e:
         print(f"INTERRUPTED: {e}", file=sys.stderr)
@@ -367,5 +368,16 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, ParameterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    _write_index(a.output_root)
     print(f"done: {run}")
     return 0
+
+
+def _write_index(root) -> None:
+    """Refresh ``<output root>/index.html`` (every run, :mod:`utils.running.index`); never fails the run."""
+    from .index import write_index_html
+
+    try:
+        write_index_html(resolve_output_root(root))
+    except OSError as e:
+        print(f"note: could not update the index of runs ({e})", file=sys.stderr)
