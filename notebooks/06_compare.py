@@ -80,7 +80,10 @@ else:
 #
 # Per model and anchor layer: the mean scalar-rescale residual `|σ_L - T σ_anchor| / |σ_L|` over all
 # layers and heads, the seed's verdict on it (< 0.10 supported, < 0.30 partially supported, else
-# rejected), corr(T, entropy) and the shape stability of the spectra across layers.
+# rejected), corr(T, entropy) and the shape stability of the spectra across layers. Read a model against
+# its `random:` twin: i.i.d. weights of one shape have nearly one singular-value shape in every layer
+# and head, so a scalar rescale fits an untrained network almost exactly; the verdict says something
+# about training only as far as the trained model departs from its twin.
 
 # %%
 resc = compare.rescale_table(found)
@@ -89,6 +92,7 @@ if resc.empty:
 else:
     run.save_csv(resc, "rescale_verdicts.csv")
     run.show(resc)
+    run.show(compare.rescale_twin_sentence(resc))
     run.show(plots.compare.rescale_residuals(resc), "rescale_residuals.png",
              caption="Darker is a worse fit of one operator times a per-layer scalar; the white ticks on the colour bar are the verdict thresholds 0.10 and 0.30.")
 

@@ -15,6 +15,7 @@ from .tables import (
     latent_points,
     rank_fraction_table,
     rescale_table,
+    rescale_twin_sentence,
     weight_ranks,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "model_label",
     "rank_fraction_table",
     "rescale_table",
+    "rescale_twin_sentence",
     "runs_table",
     "weight_ranks",
 ]

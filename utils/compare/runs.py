@@ -96,7 +96,20 @@ def find_runs(root: Path, sweep: str = "", runs: str = "", run_name: str = "") -
             recs.append(r)
     df = pd.DataFrame(recs, columns=[c for c in COLUMNS if c != "label"]).drop_duplicates("path")
     df.insert(5, "label", unique_labels(df["model"].tolist()))
+    rank = {m: i for i, m in enumerate(model_order(df["label"]))}
+    df = df.assign(_r=df["label"].map(rank)).sort_values(["notebook", "_r"], kind="stable").drop(columns="_r")
     return df.reset_index(drop=True)
+
+
+def model_order(labels) -> list[str]:
+    """Model labels in display order: each model (in order of appearance) followed by its ``random:`` twins."""
+    labels = list(dict.fromkeys(labels))
+
+    def base(m):
+        return m[len(RANDOM_PREFIX) :].split("@")[0] if m.startswith(RANDOM_PREFIX) else m
+
+    bases = list(dict.fromkeys(base(m) for m in sorted(labels, key=lambda m: m.startswith(RANDOM_PREFIX))))
+    return sorted(labels, key=lambda m: (bases.index(base(m)), m.startswith(RANDOM_PREFIX), m))
 
 
 def unique_labels(specs: list) -> list[str]:

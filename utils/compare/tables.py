@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..weights.specs import RANDOM_PREFIX
-from .runs import complete
+from .runs import complete, model_order
 
 
 def _read(runs: pd.DataFrame, prefix: str, name: str, reader) -> pd.DataFrame:
@@ -134,8 +134,24 @@ def rescale_table(runs: pd.DataFrame) -> pd.DataFrame:
         return df
     df = df.sort_values("own", ascending=False).drop_duplicates(["model", "anchor"]).drop(columns=["own", "run"])
     order = {a: i for i, a in enumerate(("last", "middle", "best"))}
-    df = df.assign(_o=df.anchor.map(order)).sort_values(["model", "_o"]).drop(columns="_o")
+    models = {m: i for i, m in enumerate(model_order(df.model))}
+    df = (
+        df.assign(_m=df.model.map(models), _o=df.anchor.map(order)).sort_values(["_m", "_o"]).drop(columns=["_m", "_o"])
+    )
     return df[["model"] + [c for c in df.columns if c != "model"]].reset_index(drop=True)
+
+
+def rescale_twin_sentence(table: pd.DataFrame) -> str:
+    """Each model's mean residual next to its ``random:`` twin's, per anchor (markdown), or ''."""
+    out = []
+    for m in dict.fromkeys(table.model):
+        tw = twin_of(m, table.model.unique())
+        if tw is None:
+            continue
+        a, b = (table[table.model == x].set_index("anchor")["mean residual"] for x in (m, tw))
+        pairs = ", ".join(f"{k} {a[k]:.3g} vs {b[k]:.3g}" for k in a.index if k in b.index)
+        out.append(f"**{m}** against **{tw}** (mean residual by anchor, trained vs untrained): {pairs}.")
+    return "\n\n".join(out)
 
 
 # ----------------------------------------------------------------------------- 04 latent compression
