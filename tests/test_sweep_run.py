@@ -159,9 +159,11 @@ def dask_cluster(tmp_path: Path, n_workers: int = 2):
         while not sf.is_file() and time.monotonic() < deadline:
             time.sleep(0.2)
         address = json.loads(sf.read_text())["address"]
-        procs.append(subprocess.Popen([dask, "worker", address, "--nworkers", str(n_workers), "--nthreads", "1",
-                                       "--host", "127.0.0.1", "--no-dashboard"], start_new_session=True,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        worker = [dask, "worker", address, "--nworkers", str(n_workers), "--nthreads", "1", "--host", "127.0.0.1",
+                  "--dashboard-address", "127.0.0.1:0"]  # fmt: skip
+        procs.append(
+            subprocess.Popen(worker, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
         from distributed import Client
 
         with Client(address, timeout="30s") as c:
@@ -189,7 +191,8 @@ def test_a_worker_killed_mid_run_is_retried_and_every_run_folder_is_whole(tiny_m
             stage, kernel = _wait_for_kernel(group, proc)
             child = psutil.Process(kernel).parent()  # kernel <- runner child <- Dask worker process
             worker = child.parent()
-            assert "utils.running.child" in " ".join(child.cmdline()) and "dask" in " ".join(worker.cmdline())
+            assert "utils.running.child" in " ".join(child.cmdline())
+            assert worker.parent().pid == cluster[1].pid  # a worker process under the `dask worker` nannies
             everything = [q for p in [proc] + cluster for q in _tree(p.pid)]
             assert _listening(everything) == {"127.0.0.1"}, "something listens beyond 127.0.0.1"
             killed_key = stage.name[1:].rsplit(".staging-", 1)[0]
@@ -215,6 +218,7 @@ def test_ctrl_c_interrupts_the_run_in_progress_and_stops_cleanly(tiny_llama_dir,
     group = tmp_path / "out" / "01_weight_ranks" / "stop"
     try:
         _, kernel = _wait_for_kernel(group, proc)
+        assert _listening(_tree(proc.pid)) == {"127.0.0.1"}, "the embedded cluster listens beyond 127.0.0.1"
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
         out, _ = proc.communicate(timeout=120)
     finally:
