@@ -44,8 +44,9 @@ run.show(compare.runs_table(found))
 # ## Weight effective ranks against depth (notebook 01)
 #
 # Effective rank of every per-layer weight against its relative depth layer / L, so that models with
-# different numbers of layers share one axis. A trained model far below its `random:` twin uses fewer
-# directions than its architecture offers at initialisation; the twin sits near full rank (dotted).
+# different numbers of layers share one axis. A trained model below its `random:` twin uses fewer
+# directions than the same weights had at initialisation. The twin sits where i.i.d. weights of that
+# shape sit (about 0.8 of full rank for a square matrix, closer to 1 for a wide one); dotted: full rank.
 
 # %%
 wr = compare.weight_ranks(found)

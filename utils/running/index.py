@@ -118,9 +118,10 @@ def _row_html(r: dict, root: Path) -> str:
         rel = os.path.relpath(r["report"], root).replace(os.sep, "/")
         label = "report" if r["report"].suffix == ".html" else "notebook"
         link = f'<a href="{e(rel)}">{label}</a>'
+    model = f"<code>{e(str(r['model']))}</code>" if r["model"] else ""
     err = f'<div class="err">{e(r["error"][:200])}</div>' if r["error"] else ""
     return (
-        f"<tr><td>{e(r['sweep'])}</td><td>{e(r['run'])}</td><td><code>{e(str(r['model']))}</code></td>"
+        f"<tr><td>{e(r['sweep'])}</td><td>{e(r['run'])}</td><td>{model}</td>"
         f"<td>{params}</td><td class='status' style='color:{colour}'>{e(r['status'])}{err}</td>"
         f"<td class='num'>{e(r['started_utc'].replace('+00:00', 'Z'))}</td>"
         f"<td class='num'>{_fmt_duration(r['duration_s'])}</td><td>{link}</td></tr>"
