@@ -54,7 +54,7 @@ def sweep_frame(rows: list[dict]):
         rec.update({k: r.get(k) for k in TAIL})
         rec.update(report=report, timings=timings, error=(r.get("error") or "").strip())
         out.append(rec)
-    return pd.DataFrame(out)
+    return pd.DataFrame(out).convert_dtypes()  # integer parameters stay integers next to empty cells
 
 
 def write_sweep_index(root: Path, sweep, rows: list[dict]) -> Path:
