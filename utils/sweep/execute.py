@@ -194,7 +194,10 @@ def open_client(scheduler: str | None = None, workers: int | None = None, gpus: 
 
     address = scheduler or os.environ.get(SCHEDULER_ENV, "").strip() or None
     if address:
-        client = Client(address, timeout="30s")
+        try:
+            client = Client(address, timeout="30s")
+        except (OSError, TimeoutError) as e:
+            raise SweepError(f"could not reach the Dask scheduler at {address!r} ({e}); is it running?") from None
         try:
             yield client
         finally:
@@ -385,8 +388,9 @@ def _execute(client, sweep, planned, rows, todo, root, progress, result) -> bool
         bar.write("Ctrl-C: interrupting the runs in progress, starting no new one (Ctrl-C again to stop at once)")
         try:
             client.run(set_stop, sweep_id)
-            done, _ = wait(list(futures), timeout=STOP_GRACE_S)
-            for fut in list(done):
+            with contextlib.suppress(TimeoutError):
+                wait(list(futures), timeout=STOP_GRACE_S)
+            for fut in [f for f in futures if f.done()]:
                 take(fut)
         except KeyboardInterrupt:
             bar.write("stopping at once")
