@@ -67,10 +67,7 @@ def test_failures_are_isolated_the_compare_runs_after_and_a_second_run_executes_
     assert Path(failed["path"]) == group / "default.failed" and "IndexError" in failed["error"]
     assert json.loads((group / "default.failed" / "run.json").read_text())["error"]["ename"] == "IndexError"
     assert "layer index 7 is out of range" in (group / "default.failed" / "01_weight_ranks.ipynb").read_text()
-    assert failed["worker"] in res.gpu_workers and len(res.gpu_workers) == 1
-    assert {by_key[("01_weight_ranks", k)]["worker"] for k in ("model=llama", "model=random-llama")}.isdisjoint(
-        res.gpu_workers
-    )
+    assert failed["worker"] in res.gpu_workers and len(res.gpu_workers) == 1  # CPU runs may go anywhere
     _no_stages(group)
     # the index of runs
     index = pd.read_csv(tmp_path / "sweeps" / "iso" / "index.csv")
