@@ -87,7 +87,13 @@ def test_a_bad_sweep_gives_one_clear_message_naming_the_key(data, message):
         parse_sweep(data, "x.yaml")
 
 
-def test_load_sweep_reports_yaml_errors_and_missing_files(tmp_path):
+def test_load_sweep_reads_notebook_numbers_and_reports_yaml_errors(tmp_path):
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("name: s\nruns:\n  - notebook: 03\n    grid: {anchor: [last, best]}\n")
+    assert [(r.notebook, r.key) for r in load_sweep(ok).runs] == [
+        ("03_sa_rescale", "anchor=last"),
+        ("03_sa_rescale", "anchor=best"),
+    ]
     p = tmp_path / "bad.yaml"
     p.write_text("name: [unclosed\n")
     with pytest.raises(SweepError, match=r"bad\.yaml: not valid YAML"):

@@ -129,8 +129,9 @@ def _entry(where: str, item, index: int) -> tuple[str, dict, dict, object, objec
         _fail(f"{where}.{unknown[0]}", f"unknown key; a run entry has: {', '.join(RUN_KEYS)}")
     if "notebook" not in item or not isinstance(item["notebook"], (str, int)):
         _fail(f"{where}.notebook", "missing: name the notebook, e.g. notebook: 01_weight_ranks")
+    name = item["notebook"]  # YAML reads `notebook: 03` as the integer 3
     try:
-        nb = find_notebook(str(item["notebook"]))
+        nb = find_notebook(f"{name:02d}" if isinstance(name, int) and not isinstance(name, bool) else str(name))
     except FileNotFoundError as e:
         _fail(f"{where}.notebook", str(e))
     params, grid = item.get("params") or {}, item.get("grid") or {}
