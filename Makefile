@@ -8,6 +8,7 @@ RUN_NAME ?= default
 MODEL ?= smollm2
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.py))
 PYTEST_ARGS ?=
+SWEEP ?= sweeps/smollm2-vs-init.yaml
 
 $(VENV)/.stamp: pyproject.toml scripts/setup_env.sh
 	PYTHON=$(PYTHON) bash scripts/setup_env.sh
@@ -23,20 +24,27 @@ $(VENV)/.stamp-bench: $(VENV)/.stamp
 	  echo "[bench] the bench extra (WeightWatcher) did not install: bench_rmt.py skips its baseline"
 	touch $@
 
-.PHONY: help venv run test lint format bench sync lab clean clean-output distclean
+.PHONY: help venv run sweep index test lint format bench sync lab clean clean-output distclean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: MODEL=$(MODEL) RUN_NAME=$(RUN_NAME) PYTHON=$(PYTHON)"
+	@echo "  variables: MODEL=$(MODEL) RUN_NAME=$(RUN_NAME) SWEEP=$(SWEEP) PYTHON=$(PYTHON)"
 
 venv: $(VENV)/.stamp ## Create or refresh the virtual environment (.venv) with a CPU or CUDA torch as fits
 	@true
 
-run: $(VENV)/.stamp ## Main job: run every notebook on MODEL (default: bundled SmolLM2-135M) into output/
+run: $(VENV)/.stamp ## Main job: every notebook on MODEL (default: bundled SmolLM2-135M) into output/, then SWEEP
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  echo "==> $$nb"; \
 	  $(PY) -m utils.run_notebook $$nb --run-name $(RUN_NAME) --model "$(MODEL)"; \
 	done; echo "reports: output/*/$(RUN_NAME)/report.html"
+	$(if $(SWEEP),$(PY) -m utils.sweep $(SWEEP),@echo "SWEEP empty: no sweep")
+
+sweep: $(VENV)/.stamp ## Run the sweep file SWEEP on an embedded Dask cluster (default: the example sweep)
+	$(PY) -m utils.sweep $(SWEEP)
+
+index: $(VENV)/.stamp ## Rewrite output/index.html, the list of every run with links to its report
+	$(PY) -m utils.sweep --index
 
 lint: $(VENV)/.stamp ## Lint and format check (ruff) of utils, notebooks, tests and bench
 	$(VENV)/bin/ruff check .

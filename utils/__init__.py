@@ -13,6 +13,8 @@ package                   what it does                                          
 ``utils.latent``          SQuAD data and metric, prompt modes, compressors, training      04
 ``utils.dynamics``        spectra during training: recorder, HDF5 store, tiny GPT-2       05
 ``utils.running``         run folders, typed parameters, reports, the headless runner     all
+``utils.sweep``           sweep files run as tasks on Dask, resumable, index of runs      all
+``utils.compare``         several runs' results read side by side                         06
 ``utils.plots``           the shared figures (seaborn)                                    all
 ========================  =============================================================  ========
 

@@ -3,21 +3,45 @@
     python -m utils.running.child '{"source": ..., "output": ..., "parameters": {...}, ...}'
 
 Exit code 0 when every cell ran, 3 when a cell raised (details in ``.child-error.json`` next to the
-output notebook), 4 for any other failure.
+output notebook), 4 for any other failure. When the runner that started it dies (a sweep worker
+killed mid-run), the child stops the kernel, removes the staging folder and exits with code 5: a
+killed runner leaves no half-written run behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
 
 from ..files import atomic_write_json
 from .paths import PROJECT_ROOT
-from .runner import CHILD_ERROR, KERNELSPEC, to_ipynb
+from .runner import CHILD_ERROR, KERNELSPEC, kill_kernel, to_ipynb
+
+ORPHAN_EXIT = 5
+POLL_S = 0.5
+
+
+def exit_with_parent(stage: Path, poll_s: float = POLL_S) -> threading.Thread:
+    """Watch the parent process; once it is gone, stop the kernel, remove ``stage`` and exit."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        kill_kernel(stage)
+        shutil.rmtree(stage, ignore_errors=True)
+        os._exit(ORPHAN_EXIT)
+
+    t = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    t.start()
+    return t
 
 
 def _ipc_kernel_manager():
@@ -40,6 +64,7 @@ def main(argv=None) -> int:
     args = json.loads((argv or sys.argv[1:])[0])
     src, out = Path(args["source"]), Path(args["output"])
     err_path = out.parent / CHILD_ERROR
+    exit_with_parent(out.parent)
     try:
         with tempfile.TemporaryDirectory() as td:
             inp = Path(td) / (src.stem + ".ipynb")

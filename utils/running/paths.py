@@ -3,10 +3,13 @@
 One rule for results, whatever runs a notebook (the runner, papermill, ``jupytext --execute``,
 JupyterLab): a relative ``output_root`` is resolved against the project root, not the kernel's
 working folder, and the environment variable ``TSPECTRA_OUTPUT`` (when set) replaces the default
-``output``. A run's folder is ``<output root>/<notebook>/<run name>/``.
+``output``. A run's folder is ``<output root>/<notebook>/<run name>/``, or
+``<output root>/<notebook>/<group>/<run name>/`` for a run of a group (a sweep: the group is the
+sweep's name, the run name its run key).
 
-Run names are one path component from a documented character set (:data:`RUN_NAME_RULE`), checked
-before anything is created; the resolved folder must lie inside the output root.
+Run names and group names are one path component each from a documented character set
+(:data:`RUN_NAME_RULE`), checked before anything is created; the resolved folder must lie inside the
+output root.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ class BadRunName(ValueError):
     """A run name that is not a single safe folder name."""
 
 
-def check_run_name(name) -> str:
+def check_run_name(name, what: str = "run name") -> str:
     """``name`` if it is a valid run name (:data:`RUN_NAME_RULE`), else :class:`BadRunName`."""
     if not isinstance(name, str) or not _RUN_NAME.match(name):
-        raise BadRunName(f"run name {name!r} is not allowed: use {RUN_NAME_RULE}")
+        raise BadRunName(f"{what} {name!r} is not allowed: use {RUN_NAME_RULE}")
     return name
 
 
@@ -46,11 +49,12 @@ def output_root(value: str | os.PathLike | None = None) -> Path:
     return (p if p.is_absolute() else PROJECT_ROOT / p).resolve()
 
 
-def run_dir(root: str | os.PathLike, notebook: str, run_name: str) -> Path:
-    """``<root>/<notebook>/<run_name>``, checked to lie inside ``root``."""
+def run_dir(root: str | os.PathLike, notebook: str, run_name: str, group: str | None = None) -> Path:
+    """``<root>/<notebook>/[<group>/]<run_name>``, checked to lie inside ``root``."""
     check_run_name(run_name)
     root = Path(root).resolve()
-    d = (root / notebook / run_name).resolve()
+    parent = root / notebook / check_run_name(group, "group name") if group else root / notebook
+    d = (parent / run_name).resolve()
     if root not in d.parents:
         raise BadRunName(f"run folder {d} would lie outside the output root {root}")
     return d

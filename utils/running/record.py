@@ -43,6 +43,7 @@ from .paths import check_run_name, notebook_source, output_root, run_dir
 from .report import assemble, df_to_md, markdown_to_html, md_table, normalize_code, source_cells
 
 STAGE_ENV = "TSPECTRA_STAGE_DIR"
+GROUP_ENV = "TSPECTRA_RUN_GROUP"  # set by the runner for a run of a group (a sweep)
 STATUSES = ("running", "complete", "failed", "interrupted")
 
 
@@ -128,10 +129,12 @@ class Run:
         params: dict,
         root: str | os.PathLike,
         stage: str | os.PathLike | None = None,
+        group: str | None = None,
     ):
         self.notebook = notebook
         self.run_name = check_run_name(run_name)
-        self.final_dir = run_dir(root, notebook, run_name)
+        self.group = group or None
+        self.final_dir = run_dir(root, notebook, run_name, self.group)
         self.owns_stage = stage is None
         if stage is None:
             self.final_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -301,6 +304,7 @@ class Run:
         return {
             "notebook": self.notebook,
             "run_name": self.run_name,
+            "group": self.group,
             "status": self.status,
             "started_utc": self.started,
             "ended_utc": utc_now() if self.status != "running" else None,
@@ -318,7 +322,9 @@ class Run:
             [
                 "## Run record",
                 "",
-                f"Notebook `{self.notebook}`, run `{self.run_name}`, started {self.started} (UTC).",
+                f"Notebook `{self.notebook}`, run `{self.run_name}`"
+                + (f" of sweep `{self.group}`" if self.group else "")
+                + f", started {self.started} (UTC).",
                 "",
                 "### Parameters",
                 "",
@@ -406,4 +412,5 @@ def start_run(
     namespace.update(values)
     root = output_root(values.get("output_root"))
     stage = os.environ.get(STAGE_ENV) or None
-    return Run(notebook, values.get("run_name", "default"), params, root, stage=stage)
+    group = (os.environ.get(GROUP_ENV) or None) if stage else None
+    return Run(notebook, values.get("run_name", "default"), params, root, stage=stage, group=group)

@@ -94,11 +94,17 @@ _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1.2em;line-height:1.5;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.88em;display:block;overflow-x:auto}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}
+td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;height:auto}
 code{background:#f5f5f5;padding:0 3px;border-radius:3px}pre{background:#f5f5f5;padding:0.8em;overflow-x:auto}
 details{margin:0.8em 0}.caption{font-style:italic;color:#555}
 """
+
+
+# a table cell holding one number (signed, decimal, exponent, %, or an interval like 0.1-0.2): right-aligned
+_NUM_CELL = re.compile(
+    r"<td>\s*([-+−]?(?:\d[\d,]*\.?\d*|\.\d+)(?:e[-+]?\d+)?%?(?:\s*[-–]\s*[\d.]+)?|nan|inf|-inf)\s*</td>"
+)
 
 
 def markdown_to_html(markdown: str, base_dir: str | Path, title: str = "report") -> str:
@@ -119,7 +125,10 @@ def markdown_to_html(markdown: str, base_dir: str | Path, title: str = "report")
         return f'{m.group(1)}"data:{mime};base64,{data}"'
 
     body = re.sub(r'(<img[^>]*?src=)"([^"]+)"', inline, body)
+    body = _NUM_CELL.sub(r'<td class="num">\1</td>', body)
     return (
-        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
     )

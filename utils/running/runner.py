@@ -19,7 +19,12 @@ final place and swapped in whole at the end. What a user finds afterwards:
   the run is kept as ``<run name>.interrupted/`` (``"status": "interrupted"``; the executed
   notebook says where it stopped); the last complete run is untouched. Exit code 130.
 
-No staging folder, temp file or kernel is left behind in any of the three cases.
+No staging folder, temp file or kernel is left behind in any of the three cases, nor when the
+runner itself is killed: the child notices that its parent is gone, stops the kernel and removes the
+staging folder (:mod:`utils.running.child`).
+
+A run of a *group* (``group=``, used by sweeps) lives in ``<root>/<notebook>/<group>/<run name>/``;
+``stop=`` (an event) lets a caller outside the main thread interrupt a run as SIGINT would.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from pathlib import Path
 from .params import ParameterError, coerce_all, notebook_parameters
 from .paths import PROJECT_ROOT, check_run_name, find_notebook, run_dir
 from .paths import output_root as resolve_output_root
-from .record import STAGE_ENV, clean_stale_stages, stage_dir_for, swap_in, utc_now
+from .record import GROUP_ENV, STAGE_ENV, clean_stale_stages, stage_dir_for, swap_in, utc_now
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (transformer-spectra)", "language": "python"}
 CHILD_ERROR = ".child-error.json"
@@ -84,12 +89,14 @@ def list_params(notebook) -> list[dict]:
 
 # ----------------------------------------------------------------------------- supervising
 class _Supervisor:
-    """Signal handling for one run: on SIGINT / SIGTERM stop the child (SIGKILL on a second signal,
-    or after ``GRACE_S``). Handlers stay installed until the run folder is final, so a second signal
-    during the clean-up cannot kill the runner halfway (main thread only; elsewhere no handlers)."""
+    """Signal handling for one run: on SIGINT / SIGTERM, or once ``stop`` is set, stop the child (SIGKILL
+    on a second signal, or after ``GRACE_S``). Handlers stay installed until the run folder is final, so
+    a second signal during the clean-up cannot kill the runner halfway (main thread only; elsewhere the
+    caller uses ``stop``)."""
 
-    def __init__(self):
+    def __init__(self, stop=None):
         self.proc: subprocess.Popen | None = None
+        self.stop = stop
         self.signal: int | None = None
         self._old = {}
 
@@ -126,6 +133,8 @@ class _Supervisor:
             try:
                 return proc.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
+                if self.signal is None and self.stop is not None and self.stop.is_set():
+                    self._handler(signal.SIGINT, None)
                 if self.signal is not None:
                     deadline = deadline or time.monotonic() + GRACE_S
                     if time.monotonic() > deadline:
@@ -140,7 +149,7 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def _kill_kernel(stage: Path) -> None:
+def kill_kernel(stage: Path) -> None:
     """Stop the kernel recorded in the staging folder if it still runs (after an interrupt or a failure)."""
     try:
         pid = int(json.loads((stage / "run.json").read_text())["pid"])
@@ -203,12 +212,13 @@ def _finalize(
     started: str,
     replace: bool,
     signum: int | None,
+    group: str | None = None,
 ) -> Path:
     rec_path = stage / "run.json"
     try:
         rec = json.loads(rec_path.read_text())
     except (OSError, ValueError):
-        rec = {"notebook": nb_name, "run_name": run_name, "params": params, "files": []}
+        rec = {"notebook": nb_name, "run_name": run_name, "group": group, "params": params, "files": []}
     rec.update(
         status=status,
         started_utc=rec.get("started_utc") or started,
@@ -238,8 +248,13 @@ def execute(
     replace: bool = False,
     timeout: int | None = None,
     progress: bool = False,
+    group: str | None = None,
+    stop=None,
 ) -> Path:
     """Execute a notebook with parameters into its run folder (module docstring); returns the folder.
+
+    ``group``: the run goes to ``<root>/<notebook>/<group>/<run_name>/``. ``stop``: an object with
+    ``is_set()`` (a ``threading.Event``); once set, the run is interrupted as by SIGINT.
 
     Raises ``ValueError`` (bad name or parameter) before anything is created, :class:`NotebookFailed`
     when a cell raised, :class:`RunInterrupted` after SIGINT / SIGTERM.
@@ -253,7 +268,7 @@ def execute(
         resolve_device(typed["device"])
     check_run_name(run_name)
     root = resolve_output_root(output_root)
-    final = run_dir(root, nb_name, run_name)
+    final = run_dir(root, nb_name, run_name, group)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_stages(final)
     stage = stage_dir_for(final)
@@ -267,8 +282,11 @@ def execute(
         "progress": progress,
     }
     env = dict(os.environ, **{STAGE_ENV: str(stage), "TSPECTRA_HEADLESS": "1", "PYTHONUNBUFFERED": "1"})
+    env.pop(GROUP_ENV, None)
+    if group:
+        env[GROUP_ENV] = group
     started = utc_now()
-    with _Supervisor() as sup:
+    with _Supervisor(stop) as sup:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "utils.running.child", json.dumps(args)],
@@ -279,7 +297,7 @@ def execute(
             rc = sup.wait(proc)
         except BaseException:  # the runner itself failed: leave nothing behind
             sup.send(signal.SIGKILL)
-            _kill_kernel(stage)
+            kill_kernel(stage)
             shutil.rmtree(stage, ignore_errors=True)
             raise
         error = None
@@ -294,8 +312,8 @@ def execute(
             except (OSError, ValueError):
                 error = {"ename": "ExecutionError", "evalue": f"the notebook process exited with code {rc}"}
         if status != "complete":
-            _kill_kernel(stage)
-        target = _finalize(stage, final, nb_name, run_name, typed, status, error, started, replace, sup.signal)
+            kill_kernel(stage)
+        target = _finalize(stage, final, nb_name, run_name, typed, status, error, started, replace, sup.signal, group)
     nb_path = target / f"{nb_name}.ipynb"
     if status == "interrupted":
         raise RunInterrupted(
@@ -369,6 +387,7 @@ def main(argv=None) -> int:
         )
     except NotebookFailed as e:
         print(f"FAILED: {e}", file=sys.stderr)
+        _write_index(a.output_root)
         return 1
     except RunInterrupted as e:
         for s in (signal.SIGINT, signal.SIGTERM):  # Python resets handlers at exit, but keeps SIG_IGN
@@ -378,8 +397,19 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, ParameterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    _write_index(a.output_root)
     if got:
         print(f"INTERRUPTED by {signal.Signals(got[0]).name} before or after the run", file=sys.stderr)
         return 130
     print(f"done: {run}")
     return 0
+
+
+def _write_index(root) -> None:
+    """Refresh ``<output root>/index.html`` (every run, :mod:`utils.running.index`); never fails the run."""
+    from .index import write_index_html
+
+    try:
+        write_index_html(resolve_output_root(root))
+    except OSError as e:
+        print(f"note: could not update the index of runs ({e})", file=sys.stderr)

@@ -22,7 +22,9 @@ def load_model(
 
     Decoders (llama, gpt2 families) load as ``AutoModelForCausalLM``; encoders (bert) as ``AutoModel``.
     The model is in eval mode with gradients off; the tokenizer always has a pad token. GGUF files are
-    dequantised by transformers (about 20 s for the bundled model on a 2-core CPU).
+    dequantised by transformers (about 20 s for the bundled model on a 2-core CPU). A ``random:`` spec
+    builds the architecture from its configuration with its own seeded initialiser, holding the same
+    matrices as ``open_weights(spec)`` (:func:`utils.weights.random_init.build_random_model`).
     """
     import transformers
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -34,7 +36,13 @@ def load_model(
         kw["attn_implementation"] = attn_implementation
     if device_map is not None:
         kw["device_map"] = device_map
-    if kind == "gguf":
+    if kind == "random":
+        from .random_init import build_random_model
+
+        if device_map is not None:
+            raise ValueError("device_map is not supported for random: models; pass device instead")
+        model, tok = build_random_model(where, dtype=dtype, attn_implementation=attn_implementation)
+    elif kind == "gguf":
         GGUFWeights(where)  # validates the architecture with a clear message
         folder, fname = str(Path(where).parent), Path(where).name
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, **kw)

@@ -74,6 +74,9 @@ def _dims_from_hf_config(cfg: dict, family: str) -> ModelDims:
     )
 
 
+dims_from_hf_config = _dims_from_hf_config  # the public name (utils.weights.random_init)
+
+
 def get_model_dims(obj) -> ModelDims:
     """Dimensions of a :class:`WeightSource`, a spec string, a transformers model or config."""
     if isinstance(obj, WeightSource):
@@ -345,6 +348,10 @@ class GGUFWeights(WeightSource):
 def open_weights(spec: str | os.PathLike) -> WeightSource:
     """A :class:`WeightSource` for any model spec (see module docstring)."""
     kind, where = resolve_model(spec)
+    if kind == "random":
+        from .random_init import open_random
+
+        return open_random(where)
     if kind == "gguf":
         name = BUNDLED_NAME if is_bundled(spec) else None
         return GGUFWeights(where, name=name)

