@@ -17,12 +17,11 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 from ..files import atomic_write_json
 from .paths import PROJECT_ROOT
-from .runner import CHILD_ERROR, KERNELSPEC, kill_kernel, to_ipynb
+from .runner import CHILD_ERROR, KERNELSPEC, kill_kernel, remove_sockets, socket_prefix, to_ipynb
 
 ORPHAN_EXIT = 5
 POLL_S = 0.5
@@ -44,15 +43,14 @@ def exit_with_parent(stage: Path, poll_s: float = POLL_S) -> threading.Thread:
     return t
 
 
-def _ipc_kernel_manager():
-    """A kernel manager that talks to the kernel over local IPC sockets, not TCP ports."""
+def _ipc_kernel_manager(prefix: str):
+    """A kernel manager that talks to the kernel over local IPC sockets (``<prefix>-<n>``), not TCP ports."""
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kw):
-            # a socket path of this run alone: kernels started side by side must not share one
             kw.setdefault("transport", "ipc")
-            kw.setdefault("ip", os.path.join(tempfile.gettempdir(), f"tspectra-kernel-{uuid.uuid4().hex[:12]}"))
+            kw.setdefault("ip", prefix)
             super().__init__(**kw)
 
     return IPCKernelManager
@@ -65,6 +63,7 @@ def main(argv=None) -> int:
     src, out = Path(args["source"]), Path(args["output"])
     err_path = out.parent / CHILD_ERROR
     exit_with_parent(out.parent)
+    sockets = args.get("sockets") or socket_prefix()
     try:
         with tempfile.TemporaryDirectory() as td:
             inp = Path(td) / (src.stem + ".ipynb")
@@ -77,7 +76,7 @@ def main(argv=None) -> int:
                 cwd=str(PROJECT_ROOT),
                 progress_bar=bool(args.get("progress")),
                 execution_timeout=args.get("timeout"),
-                kernel_manager_class=_ipc_kernel_manager(),
+                kernel_manager_class=_ipc_kernel_manager(sockets),
             )
     except pm.PapermillExecutionError as e:
         atomic_write_json(err_path, {"ename": e.ename, "evalue": str(e.evalue), "exec_count": e.exec_count})
@@ -85,8 +84,6 @@ def main(argv=None) -> int:
     except Exception as e:  # kernel died, bad notebook, ...
         atomic_write_json(err_path, {"ename": type(e).__name__, "evalue": str(e)})
         return 4
+    finally:
+        remove_sockets(sockets)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,14 +31,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from .params import ParameterError, coerce_all, notebook_parameters
@@ -139,6 +142,18 @@ class _Supervisor:
                     deadline = deadline or time.monotonic() + GRACE_S
                     if time.monotonic() > deadline:
                         self.send(signal.SIGKILL)
+
+
+def socket_prefix() -> str:
+    """A path prefix for the kernel's IPC sockets of one run alone (runs side by side must not share one)."""
+    return os.path.join(tempfile.gettempdir(), f"tspectra-kernel-{uuid.uuid4().hex[:12]}")
+
+
+def remove_sockets(prefix: str) -> None:
+    """Delete the kernel's IPC socket files ``<prefix>-<n>``."""
+    for f in glob.glob(glob.escape(prefix) + "-*"):
+        with contextlib.suppress(OSError):
+            os.unlink(f)
 
 
 def process_alive(pid: int) -> bool:
@@ -280,6 +295,7 @@ def execute(
         "parameters": typed,
         "timeout": timeout,
         "progress": progress,
+        "sockets": socket_prefix(),
     }
     env = dict(os.environ, **{STAGE_ENV: str(stage), "TSPECTRA_HEADLESS": "1", "PYTHONUNBUFFERED": "1"})
     env.pop(GROUP_ENV, None)
@@ -313,6 +329,7 @@ def execute(
                 error = {"ename": "ExecutionError", "evalue": f"the notebook process exited with code {rc}"}
         if status != "complete":
             kill_kernel(stage)
+        remove_sockets(args["sockets"])  # the kernel's IPC sockets, however it ended
         target = _finalize(stage, final, nb_name, run_name, typed, status, error, started, replace, sup.signal, group)
     nb_path = target / f"{nb_name}.ipynb"
     if status == "interrupted":
