@@ -87,3 +87,7 @@ def main(argv=None) -> int:
     finally:
         remove_sockets(sockets)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
