@@ -48,7 +48,8 @@ def _run(root, run_name, params, group=None, figure=False):
         ax.plot([0, 1], [1, 0])
         run.show(fig, "line.png", caption="One line falling.")
     run.show("measured: 42")
-    return run.finish()
+    run.finish()
+    return run.final_dir
 
 
 def test_index_links_every_run_and_reports_embed_their_figures(tmp_path):
