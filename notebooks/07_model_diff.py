@@ -22,10 +22,12 @@
 # stable and numerical rank (a fine-tune that is a low-rank update shows a small rank), and the principal
 # angles between the top-k singular subspaces of `W_A` and `W_B`. Per head: the change of the QK / OV
 # singular values and symmetry. Mismatched architectures are refused with the first difference named.
+# By default model B is `random:<model A>`, the same network freshly initialised: the diff then shows
+# how far training moved each weight from where it started (as a distribution, not the exact start).
 
 # %% tags=["parameters"]
 model: str = "smollm2"  # model A (the base): bundled default, a .gguf path, an HF checkpoint dir, or a hub id
-model_b: str = "smollm2"  # model B (the other checkpoint), any model spec of the same architecture
+model_b: str = "random:smollm2"  # model B: any spec of the same architecture; default the same network at initialisation
 run_name: str = "default"  # results go to output/<notebook>/<run_name>/
 output_root: str = "output"  # results root; a relative path is taken from the project root
 top_k: int = 16  # singular directions whose subspaces are compared by principal angles
