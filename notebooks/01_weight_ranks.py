@@ -29,14 +29,18 @@ output_root: str = "output"  # results root; a relative path is taken from the p
 layer_idx: int = -1  # layer for the down-projection variance analysis; negative counts from the end
 device: str = "auto"  # auto (GPU when present), cpu, cuda or cuda:N
 include_embeddings: bool = True  # also analyse the token and position embeddings and an untied LM head
+precision: str = "auto"  # auto (float64 Gram on the CPU, float32 SVD on a GPU), float64, or float32 (faster, less exact)
+resume: bool = True  # keep per-matrix results in the output root cache and reuse them (an interrupted sweep continues)
 
 # %%
+from pathlib import Path
+
 from utils import plots, weight_ranks
 from utils.running import start_run
 from utils.spectral import svdvals
 from utils.weights import open_weights
 
-run = start_run("01_weight_ranks", globals())
+run = start_run("01_weight_ranks", globals(), choices={"precision": weight_ranks.PRECISIONS})
 with run.timer("open weights"):
     src = open_weights(model)
 layer = src.layer_index(layer_idx)
@@ -46,18 +50,24 @@ run.show(src.describe())
 # ## Singular values of every weight matrix
 #
 # Each weight is upcast and decomposed in float64 on the CPU through the Gram matrix of its short
-# side (exact to about 1.5e-8 · σ_max per value), or by a batched float32 SVD on a GPU. One row per
-# matrix goes to `weight_ranks.csv`. The table gives, per weight type, the population statistics of
+# side, accumulated over blocks so that memory stays at one matrix (exact to about 1.5e-8 · σ_max per
+# value), or by a batched float32 SVD on a GPU; `precision = float32` is the faster, less exact path
+# (about 3.5e-4 · σ_max per value). Each matrix's singular values are appended to a cache file under
+# the output root (`.cache/weight_sweep/`) as soon as they are computed: with `resume` an interrupted
+# sweep continues where it stopped and a finished one is read back. One row per matrix goes to
+# `weight_ranks.csv`. The table gives, per weight type, the population statistics of
 # the effective rank over layers (std and variance with ddof = 0; *first* / *last* are layers 0 and
 # L-1; CV = std / mean).
 
 # %%
 with run.timer("weight sweep"):
-    df = weight_ranks.weight_sweep(src, device=device, include_model_level=include_embeddings)
+    df = weight_ranks.weight_sweep(src, device=device, include_model_level=include_embeddings, precision=precision,
+                                   cache=run.final_dir.parents[1] / ".cache" / "weight_sweep", resume=resume)
 run.save_csv(df, "weight_ranks.csv")
 stats = weight_ranks.stats_by_weight_type(df)
 run.save_csv(stats, "eff_rank_stats_by_type.csv")
-run.show(f"{len(df)} matrices analysed in {run.timings['weight sweep']:.1f} s.")
+run.show(f"{len(df)} matrices analysed in {run.timings['weight sweep']:.1f} s: {df.attrs['computed']} computed, "
+         f"{df.attrs['reused']} read back from the cache (`{Path(df.attrs['cache']).name}`).")
 run.show(stats)
 
 # %% [markdown]
