@@ -170,7 +170,7 @@ def test_cache_with_other_settings_is_refused_and_resume_false_starts_afresh(tin
     assert len(list(folder.glob("*.jsonl"))) == 2
 
 
-def test_notebooks_01_and_02_take_a_fixture_folder(tiny_sharded, tmp_path):
+def test_notebook_01_takes_a_fixture_folder_and_resumes(tiny_sharded, tmp_path):
     run = run_notebook_smoke("01_weight_ranks", {"model": str(tiny_sharded), "layer_idx": 2}, tmp_path)
     df = pd.read_csv(run / "weight_ranks.csv")
     src = open_weights(tiny_sharded)
@@ -180,8 +180,40 @@ def test_notebooks_01_and_02_take_a_fixture_folder(tiny_sharded, tmp_path):
     row = df[(df.layer_idx == 2) & (df.weight_type == "W_up")]
     assert row["eff_rank"].item() == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-9)
     assert "22 computed, 0 read back" in (run / "report.md").read_text()
+    assert len(list((tmp_path / ".cache" / "weight_sweep").glob("tiny-qwen2-*.jsonl"))) == 1
     again = run_notebook_smoke("01_weight_ranks", {"model": str(tiny_sharded), "layer_idx": 2}, tmp_path, "again")
     assert "0 computed, 22 read back" in (again / "report.md").read_text()
     pd.testing.assert_frame_equal(pd.read_csv(again / "weight_ranks.csv"), df)
-    run2 = run_notebook_smoke("02_attention_kernels", {"model": str(tiny_sharded), "layer_idx": 1}, tmp_path)
-    assert (run2 / "report.md").is_file()
+
+
+def test_notebook_02_takes_a_fixture_folder(tiny_sharded, tmp_path):
+    run = run_notebook_smoke("02_attention_kernels", {"model": str(tiny_sharded), "layer_idx": 1}, tmp_path)
+    heads = pd.read_csv(run / "attention_heads.csv")
+    src = open_weights(tiny_sharded)
+    Wq, Wk = src.layer_weight(1, "q").double().numpy(), src.layer_weight(1, "k").double().numpy()
+    A = Wq[16:32].T @ Wk[0:16]  # head 1 reads KV head 0 (4 heads, 2 KV heads, d_head 16)
+    s = np.linalg.svd(A, compute_uv=False)[:16]
+    p = s / s.sum()
+    row = heads[(heads["layer"] == 1) & (heads["head"] == 1)]
+    assert row["eff_rank"].item() == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-9)
+
+
+def test_bench_scale_skips_without_fixtures_and_names_the_command(tmp_path):
+    env = {**os.environ, "TSPECTRA_FIXTURES": str(tmp_path / "none")}
+    out = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "bench_scale.py")], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0 and "skipped" in out.stdout and "make fixtures" in out.stdout
+    assert not (tmp_path / "none").exists()  # nothing written
+
+
+def test_progress_shows_matrices_done_current_tensor_and_eta(tiny_sharded, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TSPECTRA_HEADLESS", "1")
+    cache = tmp_path / "c.jsonl"
+    src = open_weights(tiny_sharded)
+    weight_sweep(src, device="cpu", include_model_level=False, cache=cache)  # 21 of the 22 matrices
+    weight_sweep(src, device="cpu", cache=cache)  # resumes: the embedding only
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("  0%|") and out[0].endswith("| 00:00<? | 0/21 matrices, now -")
+    assert out[1].startswith("100%|") and out[1].endswith("<00:00 | 21/21 matrices, now -")
+    assert "21/22 matrices, now -" in out[2] and "22/22 matrices" in out[-1]

@@ -70,10 +70,10 @@ def select_matrices(src: WeightSource, include_model_level: bool = True) -> list
     return [m for m in src.matrices() if include_model_level or m.layer >= 0]
 
 
-def matrix_cost(shape: tuple[int, int]) -> float:
-    """Relative CPU cost of one matrix (Gram ``long * short^2`` plus eigenvalues ``~2 short^3``), in Gflop."""
+def matrix_cost(shape: tuple[int, int]) -> int:
+    """Relative CPU cost of one matrix: Gram ``long * short^2`` plus eigenvalues ``~2 short^3``, in Mflop (>= 1)."""
     k, m = min(shape), max(shape)
-    return (m * k * k + 2.0 * k**3) / 1e9
+    return max(1, (m * k * k + 2 * k**3) // 10**6)
 
 
 def compute_dtype(precision: str, dev: torch.device, batched: bool) -> torch.dtype:
@@ -164,31 +164,37 @@ def _header(src, dtype: torch.dtype, method: str, per_matrix) -> dict:
 
 # ------------------------------------------------------------------------------------------ progress
 class SweepProgress:
-    """A progress bar weighted by cost: per cent and ETA by work, ``k/N matrices`` and the matrices in hand."""
+    """A progress bar weighted by cost: per cent and ETA by work; ``k/N matrices`` and the matrices in hand.
 
-    def __init__(self, refs: list[MatrixRef], done: set[str], desc: str, disable: bool):
+    One line reads ``31%|###       | 02:10<04:50 | 12/226 matrices, now model.layers.3.mlp.up_proj.weight``
+    (elapsed < remaining; a narrow terminal cuts the names, not the ETA).
+    """
+
+    def __init__(self, refs: list[MatrixRef], done: set[str], disable: bool):
         self.cost = {r.name: matrix_cost(r.shape) for r in refs}
         self.n, self.N = len(done), len(refs)
         self.running: dict[str, None] = {}
         self.lock = threading.Lock()
-        fmt = "{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]"
+        fmt = "{percentage:3.0f}%|{bar:10}| {elapsed}<{remaining} | {desc}"
         total, initial = sum(self.cost.values()), sum(self.cost[n] for n in done)
-        self.bar = progress_bar(total=total, initial=initial, desc=desc, bar_format=fmt, disable=disable)
-        self._postfix()
+        self.bar = progress_bar(total=total, initial=initial, desc=self._text(), bar_format=fmt, disable=disable)
 
-    def _postfix(self) -> None:
-        self.bar.set_postfix_str(f"{self.n}/{self.N} matrices, now {', '.join(self.running) or '-'}", refresh=False)
+    def _text(self) -> str:
+        return f"{self.n}/{self.N} matrices, now {', '.join(self.running) or '-'}"
+
+    def _describe(self) -> None:
+        self.bar.set_description_str(self._text(), refresh=False)
 
     def start(self, ref: MatrixRef) -> None:
         with self.lock:
             self.running[ref.name] = None
-            self._postfix()
+            self._describe()
 
     def finish(self, ref: MatrixRef) -> None:
         with self.lock:
             self.running.pop(ref.name, None)
             self.n += 1
-            self._postfix()
+            self._describe()
             self.bar.update(self.cost[ref.name])
 
     def close(self) -> None:
@@ -243,7 +249,7 @@ def weight_sweep(
         if got is not None:
             results[ref.name] = got
     todo = [r for r in refs if r.name not in results]
-    bar = SweepProgress(refs, set(results), f"singular values ({dev.type}, {dtype})", not progress)
+    bar = SweepProgress(refs, set(results), not progress)
 
     def done(ref, S, extra):
         results[ref.name] = (S, extra)
