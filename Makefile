@@ -24,7 +24,7 @@ $(VENV)/.stamp-bench: $(VENV)/.stamp
 	  echo "[bench] the bench extra (WeightWatcher) did not install: bench_rmt.py skips its baseline"
 	touch $@
 
-.PHONY: help venv run sweep index test lint format bench sync lab clean clean-output distclean
+.PHONY: help venv run sweep index test lint format bench fixtures sync lab clean clean-output distclean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,6 +59,9 @@ test: lint ## Lint, then the test suite (unit tests, notebook smoke tests on tin
 
 bench: $(VENV)/.stamp-bench ## Print the benchmark figures with their baselines and ratios
 	@set -e; for b in $(sort $(wildcard bench/bench_*.py)); do echo "==> $$b"; $(PY) $$b; done
+
+fixtures: $(VENV)/.stamp ## Write once the 8B and 3B random-weight checkpoints for bench_scale (~22 GB, ~/.cache; TSPECTRA_FIXTURES)
+	$(PY) -m utils.weights.fixtures
 
 sync: $(VENV)/.stamp ## Generate / update the paired .ipynb next to each notebooks/*.py (jupytext)
 	$(VENV)/bin/jupytext --sync $(NOTEBOOKS)

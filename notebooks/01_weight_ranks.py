@@ -32,14 +32,18 @@ include_embeddings: bool = True  # also analyse the token and position embedding
 null_model: bool = True  # also take the spectrum of every matrix with its entries permuted (the null)
 null_seed: int = 0  # seed of the permuted null (each matrix derives its own from it)
 n_boot: int = 30  # bootstrap replicates for the interval of the power-law alpha (0 skips)
+precision: str = "auto"  # auto (float64 Gram on the CPU, float32 SVD on a GPU), float64, or float32 (faster, less exact)
+resume: bool = True  # keep per-matrix results in the output root cache and reuse them (an interrupted sweep continues)
 
 # %%
+from pathlib import Path
+
 from utils import plots, weight_ranks
 from utils.running import start_run
 from utils.spectral import svdvals
 from utils.weights import open_weights
 
-run = start_run("01_weight_ranks", globals(), nonnegative=("n_boot",))
+run = start_run("01_weight_ranks", globals(), nonnegative=("n_boot",), choices={"precision": weight_ranks.PRECISIONS})
 with run.timer("open weights"):
     src = open_weights(model)
 layer = src.layer_index(layer_idx)
@@ -49,21 +53,27 @@ run.show(src.describe())
 # ## Singular values of every weight matrix
 #
 # Each weight is upcast and decomposed in float64 on the CPU through the Gram matrix of its short
-# side (exact to about 1.5e-8 · σ_max per value), or by a batched float32 SVD on a GPU. In the same
-# pass, while the matrix is loaded, the random-matrix diagnostics of the next sections are computed and,
-# with `null_model`, the spectrum of the matrix with its entries randomly permuted. One row per
-# matrix goes to `weight_ranks.csv`. The table gives, per weight type, the population statistics of
+# side, accumulated over blocks so that memory stays at one matrix (exact to about 1.5e-8 · σ_max per
+# value), or by a batched float32 SVD on a GPU; `precision = float32` is the faster, less exact path
+# (about 3.5e-4 · σ_max per value). In the same pass, while the matrix is loaded, the random-matrix
+# diagnostics of the next sections are computed and, with `null_model`, the spectrum of the matrix with
+# its entries randomly permuted. Each matrix's results are appended to a cache file under the output
+# root (`.cache/weight_sweep/`) as soon as they are computed: with `resume` an interrupted sweep
+# continues where it stopped and a finished one is read back. One row per matrix goes to
+# `weight_ranks.csv`. The table gives, per weight type, the population statistics of
 # the effective rank over layers (std and variance with ddof = 0; *first* / *last* are layers 0 and
 # L-1; CV = std / mean).
 
 # %%
 with run.timer("weight sweep"):
-    df, spectra, null_spectra = weight_ranks.rmt_sweep(src, null=null_model, seed=null_seed, n_boot=n_boot,
-                                                       device=device, include_model_level=include_embeddings)
+    df, spectra, null_spectra = weight_ranks.rmt_sweep(
+        src, null=null_model, seed=null_seed, n_boot=n_boot, device=device, include_model_level=include_embeddings,
+        precision=precision, cache=run.cache_dir / "weight_sweep", resume=resume)
 run.save_csv(df, "weight_ranks.csv")
 stats = weight_ranks.stats_by_weight_type(df)
 run.save_csv(stats, "eff_rank_stats_by_type.csv")
-run.show(f"{len(df)} matrices analysed in {run.timings['weight sweep']:.1f} s.")
+run.show(f"{len(df)} matrices analysed in {run.timings['weight sweep']:.1f} s: {df.attrs['computed']} computed, "
+         f"{df.attrs['reused']} read back from the cache (`{Path(df.attrs['cache']).name}`).")
 run.show(stats)
 
 # %% [markdown]

@@ -43,3 +43,15 @@ class RandomAttentionWeights:
             raise IndexError(f"layer index {layer} is out of range: {self.name} has L={L} layers")
         W = self._layers[(layer % L) % len(self._layers)][role]
         return W if dtype is None else W.to(dtype)
+
+
+def slow_frobenius(W, ref, S) -> dict:
+    """A ``per_matrix`` hook for the resume tests: ``||W||_F`` from the loaded matrix, after a pause of
+    ``$TSPECTRA_TEST_HOOK_SLEEP`` seconds (0 by default) so that a sweep can be killed midway."""
+    import os
+    import time
+
+    import numpy as np
+
+    time.sleep(float(os.environ.get("TSPECTRA_TEST_HOOK_SLEEP", "0")))
+    return {"frob_direct": float(np.linalg.norm(W.double().numpy())), "inf_col": float("inf")}

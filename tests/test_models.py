@@ -123,6 +123,47 @@ def test_truncated_and_foreign_files_are_reported(tmp_path):
         GGUFFile(tmp_path / "x.gguf")
 
 
+def test_gguf_truncated_inside_tensor_data_fails_at_open(tmp_path):
+    """Issue 14 (6): such a file opened and failed mid-sweep with a reshape error; now the open names
+    the file, the first tensor that does not fit and the fix."""
+    path, _ = write_tiny_gguf(tmp_path / "m.gguf")
+    info = GGUFFile(path).tensors["blk.0.ffn_up.weight"]
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[: info.offset + 10])
+    with pytest.raises(GGUFFormatError, match=r"cut\.gguf is truncated: tensor 'blk\.0\.ffn_up\.weight'.*re-download"):
+        GGUFFile(cut)
+    with pytest.raises(GGUFFormatError, match=r"cut\.gguf is truncated"):
+        open_weights(cut)
+
+
+def test_safetensors_problems_name_the_shard_at_open(tmp_path):
+    """Issue 14 (6): a truncated shard, a corrupt header and a missing shard fail when the folder is
+    opened, naming the shard file (safetensors' own errors named no file, and came mid-sweep)."""
+    from utils.weights.fixtures import FIXTURES, random_blocks, tensor_layout
+    from utils.weights.shards import CheckpointFormatError, write_checkpoint
+
+    cfg = {**FIXTURES["llama-3.1-8b"], "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2}
+    cfg.update(num_attention_heads=4, num_key_value_heads=2, vocab_size=50)
+    folder = write_checkpoint(tmp_path / "m", tensor_layout(cfg), random_blocks(0), config=cfg, max_shard_bytes=8000)
+    open_weights(folder)  # intact
+    shard = sorted(folder.glob("model-*.safetensors"))[1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-100])
+    truncated = rf"{shard.name}: tensor '.+' needs bytes up to .*truncated.*re-download"
+    with pytest.raises(CheckpointFormatError, match=truncated):
+        open_weights(folder)
+    shard.write_bytes(data[:8] + b"\xff" + data[9:])
+    with pytest.raises(CheckpointFormatError, match=rf"{shard.name}: the safetensors header is not valid JSON"):
+        open_weights(folder)
+    shard.write_bytes(data[:4])
+    with pytest.raises(CheckpointFormatError, match=rf"{shard.name} holds 4 bytes: too short"):
+        open_weights(folder)
+    shard.unlink()
+    missing = rf"index .* lists shards that are missing: {shard.name} \(\d+ tensors\)"
+    with pytest.raises(CheckpointFormatError, match=missing):
+        open_weights(folder)
+
+
 def test_gguf_unsupported_architecture(tmp_path):
     path, _ = write_tiny_gguf(tmp_path / "m.gguf", arch="falcon")
     with pytest.raises(UnsupportedArchitecture, match="Supported families"):

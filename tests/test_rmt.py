@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from utils.spectral import rmt
 from utils.spectral.null import PermutedWeights, derived_seed, permute_entries
-from utils.weight_ranks.rmt import RMTColumns, spectrum_columns
+from utils.weight_ranks.rmt import NULL_SV, RMTColumns, rmt_sweep, spectrum_columns
 
 
 @pytest.mark.parametrize("shape", [(400, 100), (150, 450), (300, 300), (2000, 64)])
@@ -99,7 +100,7 @@ def test_rmt_hook_null_spectrum_equals_numpy_svd_of_the_permuted_matrix():
     p = s0 / s0.sum()
     assert out["null_eff_rank"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-9)
     assert out["null_stable_rank"] == pytest.approx((s0**2).sum() / s0[0] ** 2, rel=1e-9)
-    assert np.allclose(hook.null_spectra["x"], s0, rtol=1e-8)
+    assert np.allclose(out[NULL_SV], s0, rtol=1e-8)
 
 
 def test_residual_null_keeps_every_head_spectrum(tiny_llama_dir):
@@ -112,3 +113,22 @@ def test_residual_null_keeps_every_head_spectrum(tiny_llama_dir):
         a, b = layer_kernels(src, 1, c).spectra(), layer_kernels(null, 1, c).spectra()
         assert np.allclose(a.sv, b.sv, rtol=1e-10) and np.allclose(a.symmetry, b.symmetry, atol=1e-12)
     assert not torch.equal(src.layer_weight(1, "q"), null.layer_weight(1, "q"))
+
+
+def test_rmt_sweep_resumed_from_its_cache_gives_the_same_table_and_null_spectra(tiny_llama_dir, tmp_path):
+    from utils.weights import open_weights
+
+    src = open_weights(tiny_llama_dir)
+    kw = dict(null=True, seed=3, n_boot=5, device="cpu", progress=False)
+    df0, sp0, nu0 = rmt_sweep(src, **kw)
+    df1, sp1, nu1 = rmt_sweep(src, cache=tmp_path, **kw)  # computes and caches
+    df2, sp2, nu2 = rmt_sweep(src, cache=tmp_path, **kw)  # reads everything back
+    assert df1.attrs["computed"] == len(df0) and df2.attrs["reused"] == len(df0) and df2.attrs["computed"] == 0
+    for df, nu in ((df1, nu1), (df2, nu2)):
+        assert NULL_SV not in df
+        pd.testing.assert_frame_equal(df.reset_index(drop=True), df0.reset_index(drop=True))
+        assert set(nu) == set(nu0) and all(np.array_equal(nu[k], nu0[k]) for k in nu0)
+    # other hook settings are another cache file, never mixed with these results
+    df3, _, _ = rmt_sweep(src, cache=tmp_path, **{**kw, "seed": 4})
+    assert df3.attrs["computed"] == len(df0) and df3.attrs["cache"] != df2.attrs["cache"]
+    assert not np.allclose(df3.null_eff_rank, df0.null_eff_rank)

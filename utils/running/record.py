@@ -135,6 +135,7 @@ class Run:
         self.run_name = check_run_name(run_name)
         self.group = group or None
         self.final_dir = run_dir(root, notebook, run_name, self.group)
+        self.cache_dir = Path(root).resolve() / ".cache"  # reusable results shared by runs (e.g. resumable sweeps)
         self.owns_stage = stage is None
         if stage is None:
             self.final_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Notebook 01: effective ranks of every weight matrix.
 
-* :mod:`.sweep`: :func:`weight_sweep`, the streamed sweep over every 2-D weight.
+* :mod:`.sweep`: :func:`weight_sweep`, the streamed, resumable sweep over every 2-D weight.
 * :mod:`.tables`: statistics by weight type, early / middle / late phases, largest transitions,
   variance explained.
 * :mod:`.rmt`: random-matrix diagnostics and the permuted null of every matrix, as a ``per_matrix``
@@ -8,7 +8,7 @@
 """
 
 from .rmt import RMTColumns, layer_quality, null_summary, quality_by_type, quality_table, rmt_sweep, with_null_ratios
-from .sweep import PER_LAYER_ORDER, weight_sweep
+from .sweep import PER_LAYER_ORDER, PRECISIONS, SweepCache, weight_sweep
 from .tables import (
     MODEL_LEVEL_COLUMNS,
     PhaseAnalysis,
@@ -39,6 +39,8 @@ __all__ = [
     "layer_table",
     "with_full_rank",
     "PER_LAYER_ORDER",
+    "PRECISIONS",
+    "SweepCache",
     "PhaseAnalysis",
     "largest_transitions",
     "milestone_table",

@@ -21,8 +21,7 @@ never an exception, so a sweep never stops halfway.
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -35,6 +34,7 @@ from .sweep import weight_sweep
 from .tables import per_layer, weight_types
 
 NULL_METRICS = ("eff_rank", "stable_rank", "alpha")
+NULL_SV = "_null_sv"  # the row key that carries a null spectrum from the hook to rmt_sweep
 QUALITY_COLUMNS = [
     "layer_idx",
     "weight_type",
@@ -74,17 +74,19 @@ def spectrum_columns(S, shape, policy: str = "csn", n_boot: int = 0, seed: int =
 
 @dataclass
 class RMTColumns:
-    """``per_matrix`` hook (module docstring). ``keep_null_spectra`` stores each null spectrum by name."""
+    """``per_matrix`` hook (module docstring). ``keep_null_spectra`` adds each null spectrum to its row as
+    :data:`NULL_SV` (a list, so that a resumable sweep's cache keeps it too); :func:`rmt_sweep` takes it out."""
 
     null: bool = True
     seed: int = 0
     n_boot: int = 0
     policy: str = "csn"
     keep_null_spectra: bool = False
-    null_spectra: dict = field(default_factory=dict)
 
-    def __post_init__(self):
-        self._lock = threading.Lock()
+    def cache_key(self) -> str:
+        """What a resumable sweep's cache must match: the hook and every setting that changes its columns."""
+        settings = f"{self.null}, {self.seed}, {self.n_boot}, {self.policy!r}, {self.keep_null_spectra}"
+        return f"{type(self).__module__}.{type(self).__qualname__}({settings})"
 
     def __call__(self, W, ref, S) -> dict:
         s = derived_seed(self.seed, matrix_key(ref))
@@ -102,8 +104,7 @@ class RMTColumns:
             null_spike_mass=null["spike_mass"],
         )
         if self.keep_null_spectra:
-            with self._lock:
-                self.null_spectra[ref.name] = S0
+            out[NULL_SV] = np.asarray(S0, dtype=np.float64).tolist()
         return out
 
 
@@ -118,7 +119,13 @@ def rmt_sweep(src, null: bool = True, seed: int = 0, n_boot: int = 0, policy: st
     check_complete(src)  # a missing layer: one clear message before the sweep, not a crash halfway
     hook = RMTColumns(null=null, seed=seed, n_boot=n_boot, policy=policy, keep_null_spectra=null)
     df, spectra = weight_sweep(src, per_matrix=hook, keep_spectra=True, **sweep_kw)
-    return with_null_ratios(df), spectra, hook.null_spectra
+    null_spectra = {}
+    if NULL_SV in df:
+        null_spectra = {n: np.asarray(v, dtype=np.float64) for n, v in zip(df["name"], df[NULL_SV])}
+        attrs = dict(df.attrs)
+        df = df.drop(columns=[NULL_SV])
+        df.attrs.update(attrs)
+    return with_null_ratios(df), spectra, null_spectra
 
 
 def with_null_ratios(df: pd.DataFrame) -> pd.DataFrame:

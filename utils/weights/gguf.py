@@ -7,11 +7,18 @@ which for a 49k-token vocabulary costs seconds. Here the header is parsed once, 
 Dequantisation of the common types (F32, F16, BF16, Q8_0, Q4_0, Q4_1) is done in torch; other
 types fall back to ``gguf.quants.dequantize``. Tensors come back as float32 in numpy row-major
 order, shape ``(rows, cols)`` = GGUF ``ne`` reversed, i.e. the same layout as the PyTorch weight.
+
+Checked on open: every tensor's byte extent against the file size, so a file truncated inside its
+tensor data fails at once with the file, the first tensor that does not fit and the fix (not with
+a reshape error mid-sweep). Tensor data is read with ``pread`` into a fresh buffer, not through
+the memory map: resident memory holds the tensor being read, not every page read so far.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +45,23 @@ _SCALAR_FMT = {
 
 # ggml tensor types (subset with their block layout: (block_size, bytes_per_block))
 GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0, GGML_BF16 = 0, 1, 2, 3, 8, 30
+_BLOCKS = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_BF16: (1, 2), GGML_Q8_0: (32, 34), GGML_Q4_0: (32, 18)}
+_BLOCKS[GGML_Q4_1] = (32, 20)
+
+
+def tensor_nbytes(shape: tuple[int, ...], ggml_type: int) -> int:
+    """Bytes of a tensor of ``shape`` stored as ``ggml_type`` (``GGUFFormatError`` for an unknown type)."""
+    if ggml_type in _BLOCKS:
+        block, nbytes = _BLOCKS[ggml_type]
+    else:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        try:
+            block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+        except (ValueError, KeyError):
+            raise GGUFFormatError(f"unknown ggml tensor type {ggml_type}") from None
+    n_el = int(np.prod(shape)) if shape else 1
+    return -(-n_el // block) * nbytes
 
 
 class GGUFFormatError(ValueError):
@@ -74,6 +98,24 @@ class GGUFFile:
             self._parse(max_array)
         except (struct.error, IndexError, UnicodeDecodeError) as e:
             raise GGUFFormatError(f"{self.path} is truncated or corrupted ({e}); re-download the file") from e
+        self._check_extents()
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def _check_extents(self) -> None:
+        """Every tensor's bytes must lie inside the file (module docstring)."""
+        size = len(self._mm)
+        for info in sorted(self.tensors.values(), key=lambda t: t.offset):
+            try:
+                end = info.offset + tensor_nbytes(info.shape, info.ggml_type)
+            except GGUFFormatError as e:
+                raise GGUFFormatError(f"{self.path}: tensor {info.name!r} has an {e}; re-download the file") from None
+            if end > size:
+                raise GGUFFormatError(
+                    f"{self.path} is truncated: tensor {info.name!r} (shape {list(info.shape)}, ggml type "
+                    f"{info.ggml_type}) needs bytes up to {end} but the file holds {size} "
+                    f"({len(self.tensors)} tensors, the first that does not fit); re-download or re-convert the file"
+                )
 
     # -- parsing ------------------------------------------------------------------------
     def _parse(self, max_array: int) -> None:
@@ -156,11 +198,45 @@ class GGUFFile:
     def get(self, key: str, default=None):
         return self.metadata.get(key, default)
 
+    def raw_bytes(self, name: str) -> np.ndarray:
+        """The stored bytes of tensor ``name`` (uint8), read into a fresh buffer (module docstring)."""
+        info = self.tensors[name]
+        nbytes = tensor_nbytes(info.shape, info.ggml_type)
+        buf = np.empty(nbytes, dtype=np.uint8)
+        with self._lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+        mv, got = memoryview(buf), 0
+        while got < nbytes:
+            n = os.preadv(self._fd, [mv[got:]], info.offset + got)
+            if n <= 0:
+                raise GGUFFormatError(f"{self.path} ended while reading {name!r} (it shrank after it was opened)")
+            got += n
+        return buf
+
     def tensor(self, name: str) -> torch.Tensor:
         """Dequantised float32 tensor (numpy row-major shape)."""
         info = self.tensors[name]
         n_el = int(np.prod(info.shape))
-        return dequantize(self._mm, info.offset, n_el, info.ggml_type).reshape(info.shape)
+        return dequantize(self.raw_bytes(name), 0, n_el, info.ggml_type).reshape(info.shape)
+
+    def close(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
+def _owned(raw: np.ndarray) -> np.ndarray:
+    """``raw`` itself when it is a writable in-memory buffer, else a copy (a memory map is never aliased)."""
+    if isinstance(raw, np.ndarray) and not isinstance(raw, np.memmap) and raw.flags.writeable:
+        return raw
+    return np.array(raw)
 
 
 def _f16(raw: np.ndarray) -> torch.Tensor:
@@ -170,11 +246,11 @@ def _f16(raw: np.ndarray) -> torch.Tensor:
 def dequantize(mm: np.ndarray, offset: int, n_el: int, ggml_type: int) -> torch.Tensor:
     """Dequantise ``n_el`` elements of type ``ggml_type`` starting at byte ``offset`` to float32 (1-D)."""
     if ggml_type == GGML_F32:
-        return torch.from_numpy(np.array(mm[offset : offset + 4 * n_el]).view(np.float32))
+        return torch.from_numpy(_owned(mm[offset : offset + 4 * n_el]).view(np.float32))
     if ggml_type == GGML_F16:
         return _f16(mm[offset : offset + 2 * n_el])
     if ggml_type == GGML_BF16:
-        raw = np.array(mm[offset : offset + 2 * n_el]).view(np.int16)
+        raw = _owned(mm[offset : offset + 2 * n_el]).view(np.int16)
         return torch.from_numpy(raw).view(torch.bfloat16).float()
     if ggml_type == GGML_Q8_0:  # block of 32: f16 scale d, 32 x int8
         nb = n_el // 32

@@ -28,6 +28,7 @@ from .arch import (
     roles_of,
 )
 from .gguf import GGUFFile, unpermute_rotary
+from .shards import INDEX_NAME, Checkpoint
 from .specs import BUNDLED_NAME, ModelNotFound, download_from_hub, is_bundled, resolve_model
 
 
@@ -163,6 +164,10 @@ class WeightSource:
             "down": (D.d, D.d_ff),
         }[role]
 
+    def fingerprint(self) -> dict:
+        """What identifies these weights for cached results: kind, name, dims (subclasses add file stamps)."""
+        return {"kind": self.kind, "name": self.name, "family": self.family, "dims": self.dims.as_dict()}
+
     def describe(self):
         """The model configuration as a two-column DataFrame (for reports)."""
         import pandas as pd
@@ -205,44 +210,29 @@ class HFWeights(WeightSource):
         self.name = name or self.config.get("_name_or_path") or self.path.name
         if not self.name or self.name.startswith(("/", ".")):
             self.name = self.path.name
-        self._files: dict[str, Path] = {}
-        index = self.path / "model.safetensors.index.json"
-        if index.is_file():
-            wm = json.loads(index.read_text())["weight_map"]
-            self._files = {k: self.path / v for k, v in wm.items()}
-        else:
-            shards = sorted(self.path.glob("*.safetensors"))
-            if not shards:
-                hint = (
-                    " (it holds pytorch_model.bin: re-save it with "
-                    "`model.save_pretrained(folder, safe_serialization=True)`)"
-                    if (self.path / "pytorch_model.bin").exists()
-                    else ""
-                )
-                raise ModelNotFound(f"no *.safetensors weights in {self.path}{hint}")
-            from safetensors import safe_open
-
-            for f in shards:
-                with safe_open(f, framework="pt") as sf:
-                    for k in sf.keys():
-                        self._files[k] = f
-        self._handles = {}
-        names = self._files.keys()
+        if not (self.path / INDEX_NAME).is_file() and not any(self.path.glob("*.safetensors")):
+            hint = (
+                " (it holds pytorch_model.bin: re-save it with "
+                "`model.save_pretrained(folder, safe_serialization=True)`)"
+                if (self.path / "pytorch_model.bin").exists()
+                else ""
+            )
+            raise ModelNotFound(f"no *.safetensors weights in {self.path}{hint}")
+        self.checkpoint = Checkpoint(self.path)  # every shard's header validated here
+        names = self.checkpoint.entries.keys()
         self._prefix = find_prefix(names, self.family)
         self._names = HF_NAMES[self.family]
 
     def tensor_names(self) -> list[str]:
-        return list(self._files)
+        return list(self.checkpoint.entries)
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "files": _file_stamps([self.path / "config.json", *self.checkpoint.shards])}
 
     def _raw(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
-
-        if name not in self._files:
+        if name not in self.checkpoint:
             raise KeyError(f"tensor {name!r} not in checkpoint {self.path}")
-        f = self._files[name]
-        if f not in self._handles:
-            self._handles[f] = safe_open(f, framework="pt")
-        return self._handles[f].get_tensor(name)
+        return self.checkpoint.read(name)
 
     def _role_name(self, layer: int, role: str) -> str:
         tpl = self._names.roles.get(role)
@@ -264,20 +254,11 @@ class HFWeights(WeightSource):
         out = []
         for wt, tpl in self._names.embeddings.items():
             n = tpl.format(p=self._prefix)
-            if n in self._files:
+            if n in self.checkpoint:
                 if wt == "W_unembed" and self.config.get("tie_word_embeddings", self.family == "gpt2"):
                     continue  # tied: the same matrix as W_embed
-                shape = tuple(self._shape(n))
-                out.append(MatrixRef(n, -1, wt, shape))
+                out.append(MatrixRef(n, -1, wt, tuple(self.checkpoint.shape(n))))
         return out
-
-    def _shape(self, name: str):
-        from safetensors import safe_open
-
-        f = self._files[name]
-        if f not in self._handles:
-            self._handles[f] = safe_open(f, framework="pt")
-        return self._handles[f].get_slice(name).get_shape()
 
 
 class GGUFWeights(WeightSource):
@@ -321,6 +302,9 @@ class GGUFWeights(WeightSource):
     def tensor_names(self) -> list[str]:
         return list(self.gguf.tensors)
 
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "files": _file_stamps([self.path])}
+
     def _raw(self, name: str) -> torch.Tensor:
         if name not in self.gguf.tensors:
             raise KeyError(f"tensor {name!r} not in {self.path}")
@@ -343,6 +327,16 @@ class GGUFWeights(WeightSource):
             if n in self.gguf.tensors:
                 out.append(MatrixRef(n, -1, wt, tuple(self.gguf.tensors[n].shape)))
         return out
+
+
+def _file_stamps(paths) -> list:
+    """``[file name, size, mtime_ns]`` of each file that exists: changes when a file is rewritten."""
+    out = []
+    for p in paths:
+        if Path(p).is_file():
+            st = Path(p).stat()
+            out.append([Path(p).name, st.st_size, st.st_mtime_ns])
+    return out
 
 
 def open_weights(spec: str | os.PathLike) -> WeightSource:
