@@ -90,7 +90,7 @@ class _StopForward(Exception):
         self.value = value
 
 
-def _decoder_layers(model):
+def decoder_layers(model):
     base = model.base_model
     for name in ("layers", "h", "blocks"):
         layers = getattr(base, name, None)
@@ -109,7 +109,7 @@ def context_hidden_states(model, ids: torch.Tensor, mask: torch.Tensor, layer: i
     dev = input_embedding(model).weight.device
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
     kw = dict(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev))
-    layers = _decoder_layers(model)
+    layers = decoder_layers(model)
     if layer == 0:
         return embed_ids(model, ids)
     if layers is not None and 0 < layer < len(layers):
