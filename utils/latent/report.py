@@ -83,6 +83,7 @@ def first_table(rows: list[dict], ratios):
     import pandas as pd
 
     by = {(r["mode"], r["ratio"]): r for r in rows}
+    ratios = sorted(ratios)
     out = []
     for mode in MODES:
         if not any((mode, r) in by for r in ratios):
@@ -197,7 +198,7 @@ def per_seed_table(store, ratios, seeds):
     """F1 of each seeded mode per seed and ratio (plain means over questions)."""
     import pandas as pd
 
-    rows = []
+    rows, ratios = [], sorted(ratios)
     for mode in SEEDED:
         for s in seeds:
             line = [LABELS[mode], s] + [
