@@ -67,7 +67,7 @@ def uncached_loss(llm, comp, cfg, ts, items, ratio, scaffold, pad_id):
         kl.append(-(pt * logp[b, :k]).sum(-1).mean())
     kd = torch.stack(kl).mean()
     sal = train.label_loss(s, mask, [ts.labels[it[0]] for it in items])
-    return cfg.w_ce * ce + cfg.w_kd * kd + cfg.w_salience * sal, {"ce": float(ce), "kd": float(kd)}
+    return cfg.w_ce * ce + cfg.w_kd * kd + cfg.w_salience * sal, {"ce": float(ce.detach()), "kd": float(kd.detach())}
 
 
 def timed(fn, steps):

@@ -83,8 +83,10 @@ from utils.running.params import ParameterError, check_file
 from utils.weights import load_model
 
 run = start_run("04_latent_compression_eval", globals(),
-                positive=("max_new_tokens", "train_batch_size", "K", "kd_topk", "d_enc", "enc_layers", "min_eval_questions"),
-                nonnegative=("budget_s", "n_boot", "max_train_contexts", "salience_steps", "recall_steps", "qa_steps", "max_eval_contexts", "recall_per_context"))
+                positive=("max_new_tokens", "train_batch_size", "K", "kd_topk", "d_enc", "enc_layers",
+                          "min_eval_questions"),
+                nonnegative=("budget_s", "n_boot", "max_train_contexts", "salience_steps", "recall_steps", "qa_steps",
+                             "max_eval_contexts", "recall_per_context"))
 ratio_list = [float(x) for x in ratios.split(",") if x.strip()]
 seed_list = [int(x) for x in seeds.split(",") if x.strip()]
 if not ratio_list or min(ratio_list) <= 1:
@@ -124,7 +126,8 @@ with run.timer("data"):
         hidden_layers=hidden_layers, echo=echo, d_enc=d_enc, n_layers=enc_layers, tau=tau, ratios=ratios, lr=lr,
         salience_lr=salience_lr, batch_size=train_batch_size, salience_steps=salience_steps, recall_steps=recall_steps,
         qa_steps=qa_steps, w_kd=w_kd, K=K, w_salience=w_salience, device=device)
-    ed.hidden = cache.cache_hidden(llm, ed.ctx_ids, cfg.layers, cfg.echo, progress=lambda it: progress(it, "eval hidden states"))
+    ed.hidden = cache.cache_hidden(llm, ed.ctx_ids, cfg.layers, cfg.echo,
+                                   progress=lambda it: progress(it, "eval hidden states"))
     prefix = cache.prefix_kv(llm, scaffold.pre_ids)
 run.show(report.data_sentence(ed, split.stats, disjoint, source))
 warn = experiment.budget_warning([c.shape[0] for c in ed.ctx_ids], ratio_list)
@@ -162,14 +165,19 @@ if ckpt_path:
     with run.timer("evaluate"):
         left = evaluate(seeds_modules)
 else:
+    d_model = prompts.input_embedding(llm).weight.shape[1]
+    for s in seed_list if resume else []:  # seeds already trained by an earlier attempt
+        done = experiment.finished_bundle(run.path(f"ckpt_seed{s}"), cfg, s, d_model)
+        if done:
+            seeds_modules[s] = done
     with run.timer("train_features"):
-        ts = experiment.prepare_train(llm, tok, scaffold, split.train, cfg, prefix, kd_topk, recall_per_context, progress)
-    base_meta = experiment.bundle_meta(cfg, prompts.input_embedding(llm).weight.shape[1],
-                                       prompts.token_embedding_rms(llm), model, split,
+        ts = (experiment.prepare_train(llm, tok, scaffold, split.train, cfg, prefix, kd_topk, recall_per_context,
+                                       progress) if len(seeds_modules) < len(seed_list) else None)
+    base_meta = experiment.bundle_meta(cfg, d_model, prompts.token_embedding_rms(llm), model, split,
                                        {"system_prompt": system_prompt, "anchor": anchor_text})
     with run.timer("train"):
         for s in seed_list:  # whole seeds only: no seed starts after the budget
-            if deadline is None or time.monotonic() < deadline:
+            if s not in seeds_modules and (deadline is None or time.monotonic() < deadline):
                 seeds_modules[s] = experiment.train_seed(llm, ts, cfg, s, prefix, scaffold.anchor_ids, pad_id,
                                                          run.path(f"ckpt_seed{s}"), base_meta, resume,
                                                          log=lambda rec: append_jsonl(log_path, rec), progress=progress)
@@ -178,14 +186,16 @@ else:
     train_log = experiment.load_training_log(log_path)
     run.register("train_log.jsonl")
     step_s = [r["step_s"] for r in train_log if r["phase"] != "salience"] or [float("nan")]
-    run.show(f"Training data: {ts.stats}. Steps per seed: latent {cfg.salience_steps} label + {cfg.lm_steps} reader "
-             f"steps, pool_adapter {cfg.lm_steps} reader steps, classifier {cfg.salience_steps + cfg.lm_steps} label "
-             f"steps (batch {cfg.batch_size}); mean reader step {np.mean(step_s):.2f} s.")
+    run.show(f"Training data: {ts.stats if ts else 'cached by the earlier attempt'}. Steps per seed: latent "
+             f"{cfg.salience_steps} label + {cfg.lm_steps} reader steps, pool_adapter {cfg.lm_steps} reader steps, "
+             f"classifier {cfg.salience_steps + cfg.lm_steps} label steps (batch {cfg.batch_size}); mean reader step "
+             f"{np.mean(step_s):.2f} s.")
     run.show(plots.latent.training_curves(train_log), "training_curves.png")
 run.register("results.jsonl")
 if left or len(seeds_modules) < len(seed_list if not ckpt_path else seeds_modules):
     run.show(f"**Stopped by the time budget** (`budget_s` = {budget_s:g} s): seeds trained {sorted(seeds_modules)} of "
-             f"{seed_list}; {len(left)} (mode, ratio, seed) evaluations not run: {left}. Rerun with `resume=true` to go on.")
+             f"{seed_list}; {len(left)} (mode, ratio, seed) evaluations not run: {left}. Rerun with `resume=true` "
+             "to go on.")
 
 # %% [markdown]
 # ## Results: every mode at every ratio

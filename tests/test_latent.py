@@ -179,6 +179,11 @@ def test_checkpoint_resume_refuses_other_config_and_names_a_truncated_file(tiny,
     for k in compressor.KINDS:
         for name, v in mods[k].state_dict().items():
             torch.testing.assert_close(v, back[k].state_dict()[name])
+    # the shipped form: float16 weights, no optimiser state, loads back as float32 within float16 rounding
+    small, _, _ = compressor.load_bundle(compressor.export_bundle(tmp_path / "ck", tmp_path / "ship"))
+    assert (tmp_path / "ship" / "latent.pt").stat().st_size < (tmp_path / "ck" / "latent.pt").stat().st_size
+    for name, v in mods["latent"].state_dict().items():
+        torch.testing.assert_close(small["latent"].state_dict()[name], v, rtol=1e-3, atol=1e-3)
     # resuming a finished run trains nothing more
     log2 = []
     train_seed(model, ts, cfg, 0, pk, sc.anchor_ids, 3, tmp_path / "ck", meta, resume=True, log=log2.append)

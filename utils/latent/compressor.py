@@ -306,3 +306,13 @@ def load_bundle(path: str | Path, kinds=KINDS, device: str = "cpu") -> tuple[dic
         mods[kind] = m.eval()
         opts[kind] = state.get("optimizer")
     return mods, opts, meta
+
+
+def export_bundle(src: str | Path, dst: str | Path) -> Path:
+    """A trained bundle for shipping: float16 weights, no optimiser state, the same ``config.json``.
+
+    ``python -c "from utils.latent.compressor import export_bundle; export_bundle('output/…/ckpt_seed0',
+    'models/latent-smollm2')"``
+    """
+    mods, _, meta = load_bundle(src)
+    return save_bundle(dst, mods, meta, half=True)

@@ -429,3 +429,17 @@ def budget_warning(ctx_lens: Sequence[int], ratios: Sequence[float]) -> str | No
         + ", ".join(f"{k} context(s) at r={r:g}" for r, k in bad.items())
         + " (those contexts are passed whole: M = ceil(T / r) >= T); use ratios above 1 and contexts of several tokens."
     )
+
+
+def finished_bundle(ckpt_dir: Path, cfg, seed: int, d_model: int) -> dict | None:
+    """The modules of a seed whose training is complete in ``ckpt_dir`` with this configuration, else None
+    (so a resumed run skips the training caches when every seed is done)."""
+    from .train import schedule
+
+    if not (Path(ckpt_dir) / "config.json").is_file():
+        return None
+    cfg = replace(cfg, seed=seed)
+    meta = read_meta(ckpt_dir)
+    check_resumable(meta, cfg, d_model)
+    done = all(meta.get("progress", {}).get(k, 0) >= sum(n for _, n in schedule(k, cfg)) for k in KINDS)
+    return load_bundle(ckpt_dir, device=cfg.device)[0] if done else None
