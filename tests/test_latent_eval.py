@@ -76,7 +76,7 @@ def _articles(n_articles=5, per=3):
     return {"version": "1.1", "data": arts}
 
 
-def test_article_split_has_no_overlap(squad_sample=None):
+def test_article_split_has_no_overlap():
     ex, _ = parse_squad(_articles())
     s = split.article_split(ex, min_eval_questions=20, n_dev_articles=1, seed=3)
     assert len(s.eval) >= 20 and set(s.titles("eval")).isdisjoint(s.titles("train") + s.titles("dev"))
@@ -238,3 +238,20 @@ def test_notebook_trains_then_a_checkpoint_on_another_file_reproduces_its_scores
         assert rows2[(r["mode"], r["ratio"])]["predictions"] == r["predictions"], r["mode"]
         assert rows2[(r["mode"], r["ratio"])]["f1_per"] == r["f1_per"]
     assert "without training" in (out2 / "report.md").read_text()
+
+
+def test_shipped_compressor_loads_and_auto_picks_it_only_for_its_reader():
+    from utils.latent import compressor
+    from utils.latent.experiment import SHIPPED, resolve_checkpoint
+
+    assert resolve_checkpoint("auto", "some/other/model") == "" and resolve_checkpoint("x", "smollm2") == "x"
+    if not (SHIPPED / "config.json").is_file():
+        pytest.skip("no shipped compressor")
+    assert resolve_checkpoint("auto", "smollm2") == str(SHIPPED)
+    mods, _, meta = compressor.load_bundle(SHIPPED)
+    assert set(mods) == set(compressor.KINDS) and meta["d_model"] == 576 and meta["model"] == "smollm2"
+    assert sum(f.stat().st_size for f in SHIPPED.iterdir()) < 5e6
+    # it never saw an evaluation article of the default split of the shared sample
+    assert not {"Warsaw", "Black_Death", "Packet_switching", "1973_oil_crisis", "Geology", "Teacher"} & set(
+        meta["seen_titles"]
+    )
