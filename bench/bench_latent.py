@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from utils.latent.evaluate import greedy_generate  # noqa: E402
-from utils.latent.prompts import assemble, build_prompts, encode_examples, make_scaffold  # noqa: E402
+from utils.latent.prompts import assemble, encode_examples, make_scaffold  # noqa: E402
 from utils.latent.squad import one_question_per_context, synthetic_examples  # noqa: E402
 from utils.weights import load_model  # noqa: E402
 
@@ -47,7 +47,7 @@ def main():
     model, tok = load_model(a.model)
     sc = make_scaffold(tok)
     enc = encode_examples(sc, one_question_per_context(synthetic_examples(a.n, seed=7))[: a.n])
-    prompts = build_prompts("text", enc, sc, model, 16, 1.0)
+    prompts = [[e.pre, e.context, e.post] for e in enc]
     run(model, tok, prompts[:2], 2, 2, True)  # warm-up
     g_b, t_b = run(model, tok, prompts, a.batch, a.new, True)
     g_1, t_1 = run(model, tok, prompts, 1, a.new, True)

@@ -38,7 +38,14 @@ def test_load_good_and_v2_skips_unanswerable(tmp_path):
     p.write_text(json.dumps(obj))
     ex, st = load_squad_json(p)
     assert [e.id for e in ex] == ["1"] and ex[0].answers == ["France"]
-    assert st == {"questions": 2, "kept": 1, "skipped_unanswerable": 1, "paragraphs": 1, "version": "v2.0"}
+    assert st == {
+        "questions": 2,
+        "kept": 1,
+        "skipped_unanswerable": 1,
+        "rejected_offsets": [],
+        "paragraphs": 1,
+        "version": "v2.0",
+    }
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,15 @@
 """Notebook 04: can a frozen causal LM answer from M vectors instead of its context?
 
-* :mod:`.squad`: SQuAD v1.1 / v2.0 files, a hub dataset, a seeded synthetic set.
-* :mod:`.metric`: the official SQuAD EM / F1 and (paired) bootstrap intervals.
-* :mod:`.prompts`: the shared chat scaffold, the modes' context slots, batching.
-* :mod:`.evaluate`: greedy decoding with a KV cache, teacher-forced answer logits, per-mode evaluation.
-* :mod:`.compressor`: the trained compressors and their checkpoints.
-* :mod:`.train`: salience labels, losses and the training loop.
-* :mod:`.experiment`: the data split, training features, the dev check and the summary tables.
+* :mod:`.squad`: SQuAD v1.1 / v2.0 files (offsets and encoding checked), a hub dataset, a seeded synthetic set.
+* :mod:`.split`: which data (``auto``), the article-level split, held-out evaluation for a saved compressor.
+* :mod:`.metric`: the official SQuAD EM / F1, question and context (cluster) bootstrap intervals.
+* :mod:`.prompts`: the shared chat scaffold, embeddings, batching helpers.
+* :mod:`.cache`: the reader's key/values for a shared prefix, layered prefill, cached hidden states and
+  teacher top-k logits (what makes a training step cheap).
+* :mod:`.select`: the hard-token baselines (lead, random, oracle window, top-M, BM25, overlap window).
+* :mod:`.evaluate`: greedy decoding grouped by context slot, answer decoding, diversity.
+* :mod:`.compressor`: the trained compressors (latent, pool_adapter, classifier) and their checkpoints.
+* :mod:`.train`: token labels, recall pretraining tasks, losses and the resumable training loop.
+* :mod:`.experiment`: the modes, evaluation jobs and result store, per-seed training.
+* :mod:`.report`: the report's tables, acceptance checks and verdict.
 """

@@ -1,24 +1,15 @@
-"""Greedy decoding, teacher-forced answer logits and the per-mode evaluation of :mod:`.prompts`."""
+"""Greedy decoding (plain and grouped by context slot over cached key/values), answer decoding and diversity."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .prompts import (
-    EMBED_MODES,
-    Batch,
-    EncodedExample,
-    Scaffold,
-    assemble,
-    build_prompts,
-    hidden_and_logits,
-    input_embedding,
-)
+from .cache import KV, greedy_decode, prefill
+from .prompts import Batch, hidden_and_logits, input_embedding
 
 
 # ----------------------------------------------------------------------------- decoding and scoring
@@ -92,43 +83,6 @@ def greedy_generate(
     return gen, first_logits
 
 
-def answer_logits(
-    model, prompts, answers: Sequence[torch.Tensor], pad_id: int, k: int | None = None, as_embeds: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Teacher-forced next-token logits over each gold answer (differentiable through vectors).
-
-    Returns ``(logits (B, A, V), targets (B, A), valid (B, A) bool)`` with ``A = max answer length``
-    (cut to ``k`` if given); ``logits[b, i]`` predicts ``answers[b][i]`` from the prompt and the
-    previous answer tokens, at the same positions and mask as generation would use.
-    """
-    ans = [a[:k] if k else a for a in answers]
-    # the last answer token is never an input, so feed all but it
-    right = [a[:-1] if a.shape[0] > 0 else a for a in ans]
-    batch, end = assemble(model, prompts, pad_id, as_embeds, right=right)
-    A = max(max(a.shape[0] for a in ans), 1)
-    cols = end.view(-1, 1) + torch.arange(A).view(1, -1)
-    cols = cols.clamp(max=batch.attention_mask.shape[1] - 1).to(batch.attention_mask.device)
-    logits, _ = hidden_and_logits(
-        model,
-        inputs_embeds=batch.inputs_embeds,
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        positions=cols,
-    )
-    targets = torch.zeros(len(ans), A, dtype=torch.long)
-    valid = torch.zeros(len(ans), A, dtype=torch.bool)
-    for b, a in enumerate(ans):
-        targets[b, : a.shape[0]] = a
-        valid[b, : a.shape[0]] = True
-    return logits, targets.to(logits.device), valid.to(logits.device)
-
-
-def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-position negative log-likelihood (nats) of ``targets`` (B, A) under ``logits`` (B, A, V)."""
-    return -torch.log_softmax(logits.float(), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
-
 # ----------------------------------------------------------------------------- evaluation
 def decode_answer(tokenizer, ids: Sequence[int], anchor: str = "") -> str:
     """Decoded generation, first line, with a repeated anchor prefix removed."""
@@ -166,71 +120,53 @@ def diversity_stats(
     }
 
 
-def evaluate_mode(
-    mode: str,
-    model,
+def generate_grouped(
+    llm,
     tokenizer,
-    scaffold: Scaffold,
-    encoded: Sequence[EncodedExample],
-    M: int,
-    target_rms: float,
-    batch_size: int = 8,
-    max_new_tokens: int = 12,
-    context_vectors: Callable | None = None,
+    prefix: KV,
+    slots: Sequence[torch.Tensor],
+    questions: Sequence[tuple[int, torch.Tensor]],
+    max_new_tokens: int = 8,
+    slot_batch: int = 16,
+    row_batch: int = 48,
+    anchor: str = "",
     progress: Callable | None = None,
-    anchored: bool | None = None,
-) -> dict:
-    """Generate and score every example in ``mode``.
+) -> list[str]:
+    """Greedy answers to ``questions`` = ``[(slot index, question ids)]``, each reading its slot.
 
-    Returns per-example lists: ``predictions`` (str), ``generated_ids``, ``first_top1`` /
-    ``first_top5`` (bool: gold first answer token ranks 1 / within 5 at the first answer position),
-    ``gold_nll`` (mean NLL per gold answer token, nats), ``n_context_tokens``, ``n_prompt_vectors``
-    (what replaced the context), and wall-clock ``seconds`` (prompt building, encoder included,
-    generation; scoring excluded) and ``examples_per_s``.
+    ``slots[i]``: what fills the context slot (1-D ids, empty for no context, or (M, d) vectors).
+    The shared prompt prefix comes from ``prefix``; each slot is run once (``slot_batch`` at a
+    time) and its key/values are shared by all of its questions (``row_batch`` rows at a time).
+    Returns the decoded answers in the order of ``questions``.
     """
-    if anchored is None or mode == "anchor":
-        anchored = anchored or mode == "anchor"
-    anchored = anchored and scaffold.anchor_ids.numel() > 0
-    as_embeds = mode in EMBED_MODES
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    eos = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
-    preds, gens, top1, top5, nll, nvec = [], [], [], [], [], []
-    gen_seconds = 0.0
-    it = range(0, len(encoded), batch_size)
+    stop = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
+    stop += [i for i, t in _newline_ids(tokenizer)]
+    by_slot: dict[int, list[int]] = {}
+    for qi, (si, _) in enumerate(questions):
+        by_slot.setdefault(si, []).append(qi)
+    order = sorted(by_slot)
+    out: list[str] = [""] * len(questions)
+    it = range(0, len(order), slot_batch)
     for s in progress(it) if progress else it:
-        chunk = encoded[s : s + batch_size]
-        t0 = time.perf_counter()
-        prompts = build_prompts(mode, chunk, scaffold, model, M, target_rms, context_vectors, anchored)
-        batch, _ = assemble(model, prompts, pad_id, as_embeds)
-        g, _first = greedy_generate(model, batch, max_new_tokens, eos)
-        gen_seconds += time.perf_counter() - t0
+        chunk = order[s : s + slot_batch]
         with torch.no_grad():
-            answers = [e.answer_anchored if anchored else e.answer for e in chunk]
-            lg, tg, va = answer_logits(model, prompts, answers, pad_id, as_embeds=as_embeds)
-            tok_nll = token_nll(lg, tg)
-            for b in range(len(chunk)):
-                v = va[b]
-                nll.append(float(tok_nll[b][v].mean()) if bool(v.any()) else float("nan"))
-                rank_ok = lg[b, 0].topk(5).indices
-                top1.append(bool(rank_ok[0] == tg[b, 0]) and bool(v[0]))
-                top5.append(bool((rank_ok == tg[b, 0]).any()) and bool(v[0]))
-        for b, ids in enumerate(g):
-            gens.append(ids)
-            preds.append(decode_answer(tokenizer, ids, scaffold.anchor if anchored else ""))
-            nvec.append(sum(x.shape[0] for x in prompts[b][1:2]))
-    return {
-        "mode": mode,
-        "anchored": anchored,
-        "predictions": preds,
-        "generated_ids": gens,
-        "first_top1": top1,
-        "first_top5": top5,
-        "gold_nll": nll,
-        "n_context_tokens": [int(e.context.shape[0]) for e in encoded],
-        "n_prompt_vectors": nvec,
-        "seconds": gen_seconds,
-        "examples_per_s": len(encoded) / gen_seconds if gen_seconds > 0 else float("nan"),
-    }
+            _, kv = prefill(llm, prefix.expand(len(chunk)), [[slots[i]] for i in chunk], pad_id)
+        rows = [(b, qi) for b, si in enumerate(chunk) for qi in by_slot[si]]
+        for r in range(0, len(rows), row_batch):
+            part = rows[r : r + row_batch]
+            with torch.no_grad():
+                lg, kvq = prefill(llm, kv.select([b for b, _ in part]), [[questions[qi][1]] for _, qi in part], pad_id)
+            gen = greedy_decode(llm, kvq, lg[:, -1], max_new_tokens, stop)
+            for (_, qi), g in zip(part, gen):
+                out[qi] = decode_answer(tokenizer, g, anchor)
+    return out
+
+
+def _newline_ids(tokenizer) -> list[tuple[int, str]]:
+    """Token ids that decode to text starting with a newline (an answer ends at its first line)."""
+    ids = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    return [(i, "\n") for i in ids[:1]]
 
 
 def agreement_rate(a: Sequence, b: Sequence) -> float:

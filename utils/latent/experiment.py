@@ -1,303 +1,445 @@
-"""The notebook-04 experiment around the modes: data split, answer positions, training features,
-the dev-set check during training, and the per-mode summary table.
+"""The notebook-04 experiment: cached features, per-seed training with checkpoints, and every mode at
+every ratio over the evaluation questions, stored as it goes so a long run can resume.
 
-Everything here was notebook code; keeping it in one tested place lets the notebook read as a
-methods section and lets other entry points (sweeps, a saved compressor evaluated on another
-file) run the same experiment.
+Modes (:data:`MODES`), all with the same scaffold, the same anchor and, at ratio r, the same
+M = ceil(context tokens / r) per context:
+
+==============  =====  ==========================================================================
+mode            track  context slot
+==============  =====  ==========================================================================
+no_context      both   nothing (the floor)
+anchor          both   the whole context (the reference; ratio-free)
+lead            QA-free the first M tokens
+random          QA-free M random tokens, in context order
+oracle          QA-free M consecutive tokens around the gold answer (hard-selection ceiling)
+classifier      QA-free a trained token classifier's top-M tokens, in order (LLMLingua-2 style)
+selection_ids   QA-free ``latent``'s own selection (argmax of each pooling segment) as token ids
+pool_adapter    QA-free segment means of token embeddings through a trained projector (control)
+latent          QA-free the trained compressor's M vectors
+bm25            QA     BM25-ranked sentences (against the question) cut to M tokens, in order
+overlap         QA     the M-token window with the most question words
+==============  =====  ==========================================================================
 """
 
 from __future__ import annotations
 
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
-from ..files import append_jsonl
-from .evaluate import answer_logits, diversity_stats, token_nll
-from .metric import bootstrap_ci, paired_bootstrap_ci
-from .prompts import MODES, EncodedExample, encode
-from .squad import (
-    QAExample,
-    load_hub_squad,
-    load_squad_json,
-    make_synthetic_squad,
-    one_question_per_context,
-    parse_squad,
+from ..files import append_jsonl, read_jsonl
+from .cache import KV, cache_hidden, teacher_topk
+from .compressor import KINDS, build, check_resumable, load_bundle, read_meta, save_bundle
+from .evaluate import generate_grouped
+from .metric import score_predictions
+from .prompts import Scaffold, embed_ids, encode, input_embedding, pad_right
+from .select import (
+    bm25_positions,
+    budget,
+    char_span_to_tokens,
+    lead_positions,
+    oracle_window,
+    overlap_window,
+    random_positions,
+    token_offsets,
+    token_words,
 )
-from .train import cache_hidden_states, salience_labels
+from .split import context_hash
+from .squad import QAExample
+from .train import TrainSet, recall_tasks, salience_labels, train_module
 
-COMPRESSED = ("token_budget", "mean_pool", "adapter", "latent")
-DEV_SIZE = 16
+MODES = (
+    "no_context",
+    "anchor",
+    "lead",
+    "random",
+    "oracle",
+    "classifier",
+    "selection_ids",
+    "pool_adapter",
+    "latent",
+    "bm25",
+    "overlap",
+)
+RATIO_FREE = ("no_context", "anchor")
+SEEDED = ("classifier", "selection_ids", "pool_adapter", "latent")
+QUESTION_AWARE = ("bm25", "overlap")
+PER_QUESTION = ("oracle", "bm25", "overlap")
 
 
 @dataclass
-class Split:
-    """Training, dev (a slice of the training side) and evaluation examples, and data statistics."""
+class EvalData:
+    """The evaluation questions and what every mode reads, per distinct context."""
 
-    train: list[QAExample]
-    dev: list[QAExample]
-    eval: list[QAExample]
-    stats: dict = field(default_factory=dict)
-
-
-def split_examples(data: str, n_eval: int, n_train_paragraphs: int, max_train_questions: int, seed: int) -> Split:
-    """The evaluation items (one question per context) and the training questions.
-
-    ``data="synthetic"``: training and evaluation paragraphs from different generator seeds.
-    A SQuAD file or ``hub:<name>``: ``n_eval`` random contexts are held out for evaluation and
-    training uses the questions of the other contexts. The last ``DEV_SIZE`` shuffled training
-    questions form the dev slice (dropped from training when there are more than 32).
-    """
-    if data == "synthetic":
-        train, _ = parse_squad(make_synthetic_squad(n_train_paragraphs, seed=1000 + seed), "synthetic-train")
-        pool, stats = parse_squad(make_synthetic_squad(n_eval, seed=2000 + seed), "synthetic-eval")
-        ev = one_question_per_context(pool, seed=seed)[:n_eval]
-    else:
-        all_ex, stats = load_hub_squad(data[4:]) if data.startswith("hub:") else load_squad_json(data)
-        contexts = list(dict.fromkeys(e.context for e in all_ex))
-        random.Random(seed).shuffle(contexts)
-        if len(contexts) < n_eval + 1:
-            raise ValueError(f"{data} has {len(contexts)} contexts: too few for n_eval={n_eval} plus training")
-        eval_ctx = set(contexts[:n_eval])
-        ev = one_question_per_context([e for e in all_ex if e.context in eval_ctx], seed=seed)
-        train = [e for e in all_ex if e.context not in eval_ctx]
-    random.Random(seed).shuffle(train)
-    train = train[:max_train_questions]
-    dev = train[-DEV_SIZE:]
-    train = train[:-DEV_SIZE] if len(train) > 2 * DEV_SIZE else train
-    return Split(train, dev, ev, stats)
+    examples: list  # QAExample, canonical order (article title, then file order)
+    ctx_ids: list  # per context
+    contexts: list  # per context: text
+    q_ctx: list  # per question: context index
+    q_ids: list  # per question: question ids (post + anchor)
+    ans_tok: list  # per question: answer token span (i, j) of the first gold answer
+    offsets: list  # per context: token character spans
+    hidden: list | None = None  # per context: (n, L, d) float16
 
 
-def answer_token_positions(tokenizer, examples: Sequence[QAExample]) -> np.ndarray:
-    """Token index (in the context) at which each example's first gold answer starts."""
+def canonical(examples: Sequence[QAExample]) -> list[QAExample]:
+    """Examples ordered by article title, then file order (the same order in any file holding them)."""
+    return sorted(examples, key=lambda e: e.title)
+
+
+def question_ids(scaffold: Scaffold, question: str, anchored: bool) -> torch.Tensor:
+    post = scaffold.post_ids(question)
+    return torch.cat([post, scaffold.anchor_ids]) if anchored and scaffold.anchor_ids.numel() else post
+
+
+def prepare_eval(tok, scaffold: Scaffold, examples: Sequence[QAExample], anchored: bool) -> EvalData:
+    ex = canonical(examples)
+    contexts = list(dict.fromkeys(e.context for e in ex))
+    index = {c: i for i, c in enumerate(contexts)}
+    ctx_ids = [encode(tok, c) for c in contexts]
+    offsets = [token_offsets(tok, c, ids) for c, ids in zip(contexts, ctx_ids)]
+    ans = []
+    for e in ex:
+        i = index[e.context]
+        s = e.answer_starts[0]
+        ans.append(char_span_to_tokens(offsets[i], s, s + len(e.answers[0])))
+    return EvalData(
+        ex,
+        ctx_ids,
+        contexts,
+        [index[e.context] for e in ex],
+        [question_ids(scaffold, e.question, anchored) for e in ex],
+        ans,
+        offsets,
+    )
+
+
+def context_features(llm, ctx_ids, hidden, idx, device):
+    ids, mask = pad_right([ctx_ids[i] for i in idx], 0)
+    H = torch.zeros(len(idx), ids.shape[1], *hidden[idx[0]].shape[1:])
+    for b, i in enumerate(idx):
+        H[b, : hidden[i].shape[0]] = hidden[i].float()
+    with torch.no_grad():
+        E = embed_ids(llm, ids.to(device)).float()
+    return H.to(device), E, mask.to(device)
+
+
+def slots_for(mode: str, ratio: float, ed: EvalData, llm, modules: dict | None, seed: int = 0):
+    """``(slots, slot index per question)`` of ``mode`` at ``ratio`` (see module docstring)."""
+    n_ctx = len(ed.ctx_ids)
+    per_ctx = list(range(n_ctx))
+    if mode == "no_context":
+        return [torch.zeros(0, dtype=torch.long)] * n_ctx, ed.q_ctx
+    if mode == "anchor":
+        return list(ed.ctx_ids), ed.q_ctx
+    M = [budget(c.shape[0], ratio) for c in ed.ctx_ids]
+    if mode == "lead":
+        return [c[lead_positions(c.shape[0], m)] for c, m in zip(ed.ctx_ids, M)], ed.q_ctx
+    if mode == "random":
+        out = []
+        for i, (c, m) in enumerate(zip(ed.ctx_ids, M)):
+            g = torch.Generator().manual_seed(int(context_hash(ed.contexts[i]), 16) % 2**31 + int(ratio * 1000))
+            out.append(c[random_positions(c.shape[0], m, g)])
+        return out, ed.q_ctx
+    if mode in PER_QUESTION:
+        out = []
+        for qi, e in enumerate(ed.examples):
+            i = ed.q_ctx[qi]
+            c, m = ed.ctx_ids[i], M[i]
+            if mode == "oracle":
+                pos = oracle_window(c.shape[0], m, *ed.ans_tok[qi])
+            elif mode == "bm25":
+                pos = bm25_positions(ed.offsets[i], ed.contexts[i], e.question, m)
+            else:
+                pos = overlap_window(token_words(ed.offsets[i], ed.contexts[i]), e.question, m)
+            out.append(c[pos])
+        return out, list(range(len(ed.examples)))
+    if modules is None:
+        raise ValueError(f"mode {mode!r} needs trained compressors")
+    dev = input_embedding(llm).weight.device
     out = []
-    for e in examples:
-        s = e.answer_starts[0] if e.answer_starts and e.answer_starts[0] >= 0 else e.context.find(e.answers[0])
-        out.append(len(encode(tokenizer, e.context[: max(s, 0)])))
-    return np.array(out)
-
-
-def data_summary(
-    source: str, split: Split, enc_eval: Sequence[EncodedExample], ans_pos: np.ndarray, M: int, target_rms: float
-) -> dict:
-    ctx_lens = np.array([e.context.shape[0] for e in enc_eval])
-    return {
-        "source": source,
-        "eval_questions": len(split.eval),
-        "train_questions": len(split.train),
-        "dev_questions": len(split.dev),
-        "stats": split.stats,
-        "context_tokens_mean": float(ctx_lens.mean()),
-        "context_tokens_max": int(ctx_lens.max()),
-        "answer_start_token_mean": float(ans_pos.mean()),
-        "answer_start_rel_mean": float(np.mean(ans_pos / np.maximum(ctx_lens, 1))),
-        "answers_starting_within_first_M": float(np.mean(ans_pos < M)),
-        "target_rms": target_rms,
-    }
-
-
-def training_features(
-    llm,
-    tokenizer,
-    train: Sequence[QAExample],
-    enc_train: Sequence[EncodedExample],
-    hidden_layer: int,
-    progress: Callable | None = None,
-):
-    """Hidden states and salience labels once per distinct training context, repeated per question.
-
-    Returns ``(hidden, labels, seconds)``: lists aligned with ``train``, and the caching time.
-    """
-    t0 = time.perf_counter()
-    uniq = list(dict.fromkeys(x.context for x in train))
-    first_enc = {}
-    for x, e in zip(train, enc_train):
-        first_enc.setdefault(x.context, e.context)
-    hid = cache_hidden_states(llm, [first_enc[c] for c in uniq], hidden_layer, batch_size=16, progress=progress)
-    hid_by_ctx = dict(zip(uniq, hid))
-    seconds = time.perf_counter() - t0
-    qs, ans = {}, {}
-    for x in train:
-        qs.setdefault(x.context, []).append(x.question)
-        ans.setdefault(x.context, set()).update(x.paragraph_answers or x.answers)
-    lab = {c: salience_labels(tokenizer, c, first_enc[c], sorted(ans[c]), qs[c]) for c in uniq}
-    return [hid_by_ctx[x.context] for x in train], [lab[x.context] for x in train], seconds
-
-
-def dev_checker(
-    llm,
-    pad_id: int,
-    enc_dev: Sequence[EncodedExample],
-    anchored: bool,
-    history: list,
-    history_path,
-    t0: float,
-    kind: str,
-) -> Callable:
-    """A training callback: teacher-forced first-token accuracy and NLL on the dev slice, appended
-    to ``history`` and to the JSONL file ``history_path``."""
-
-    def cb(step, comp):
+    for s in range(0, n_ctx, 16):
+        idx = per_ctx[s : s + 16]
+        H, E, mask = context_features(llm, ed.ctx_ids, ed.hidden, idx, dev)
         with torch.no_grad():
-            vecs = comp.context_vectors(llm)([e.context for e in enc_dev])
-            prompts = [[e.pre, v, e.post] + ([e.anchor] if anchored else []) for e, v in zip(enc_dev, vecs)]
-            answers = [e.answer_anchored if anchored else e.answer for e in enc_dev]
-            lg, tg, va = answer_logits(llm, prompts, answers, pad_id)
-            nll = (token_nll(lg, tg) * va).sum() / va.sum()
-            acc = float(((lg[:, 0].argmax(-1) == tg[:, 0]) & va[:, 0]).float().mean())
-        rec = {
-            "phase": "train",
-            "kind": kind,
-            "step": step,
-            "dev_first_acc": acc,
-            "dev_nll": float(nll),
-            "elapsed_s": round(time.perf_counter() - t0, 2),
-        }
-        history.append(rec)
-        append_jsonl(history_path, rec)
-
-    return cb
+            if mode in ("latent", "pool_adapter"):
+                out.extend(v.detach() for v in modules[mode](H, E, mask, ratio)[0])
+            else:
+                sel = modules["latent" if mode == "selection_ids" else "classifier"].select(H, mask, ratio)
+                out.extend(ed.ctx_ids[i][p] for i, p in zip(idx, sel))
+    return out, ed.q_ctx
 
 
-def log_eval(history: list, history_path, mode: str, r: dict, t0: float) -> None:
-    """Append the evaluation of one mode (F1, EM, first-token accuracy, NLL, time) to the history."""
-    rec = {
-        "phase": "eval",
-        "mode": mode,
-        "f1": r["scores"]["f1"],
-        "em": r["scores"]["em"],
-        "first_top1": float(np.mean(r["first_top1"])),
-        "gold_nll": float(np.nanmean(r["gold_nll"])),
-        "seconds": r["seconds"],
-        "elapsed_s": round(time.perf_counter() - t0, 2),
-    }
-    history.append(rec)
-    append_jsonl(history_path, rec)
+class ResultStore:
+    """Per (mode, ratio, seed): predictions and per-question EM / F1, appended to a JSONL file as each
+    finishes, so a resumed run skips what is done."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows = (
+            {self.key(r["mode"], r["ratio"], r["seed"]): r for r in read_jsonl(self.path, repair=True)}
+            if self.path.is_file()
+            else {}
+        )
+
+    @staticmethod
+    def key(mode, ratio, seed):
+        return (mode, float(ratio) if ratio is not None else None, seed)
+
+    def has(self, mode, ratio, seed) -> bool:
+        return self.key(mode, ratio, seed) in self.rows
+
+    def get(self, mode, ratio, seed) -> dict:
+        return self.rows[self.key(mode, ratio, seed)]
+
+    def add(self, row: dict) -> None:
+        self.rows[self.key(row["mode"], row["ratio"], row["seed"])] = row
+        append_jsonl(self.path, row)
 
 
-def mode_metrics(results: dict, tokenizer, n_boot: int, seed: int) -> dict:
-    """Per-mode EM / F1 with bootstrap intervals, paired differences against ``text`` and ``anchor``,
-    first-token accuracy, gold NLL, compression, timing and diversity (one dict per mode)."""
-    text = results["text"]["scores"]
-    anchor = results["anchor"]["scores"]
-    out = {}
-    for mode in MODES:
-        r = results[mode]
-        sc = r["scores"]
-        f1m, f1lo, f1hi = bootstrap_ci(sc["f1_per"], n_boot=n_boot, seed=seed)
-        emm, emlo, emhi = bootstrap_ci(sc["em_per"], n_boot=n_boot, seed=seed)
-        first_ids = [g[0] if g else -1 for g in r["generated_ids"]]
-        nvec = np.array(r["n_prompt_vectors"])
-        ctx = np.array(r["n_context_tokens"])
-        out[mode] = {
-            "em": emm,
-            "em_ci": [emlo, emhi],
-            "f1": f1m,
-            "f1_ci": [f1lo, f1hi],
-            "delta_f1_vs_text": paired_bootstrap_ci(sc["f1_per"], text["f1_per"], n_boot=n_boot, seed=seed),
-            "delta_em_vs_text": paired_bootstrap_ci(sc["em_per"], text["em_per"], n_boot=n_boot, seed=seed),
-            "delta_f1_vs_anchor": paired_bootstrap_ci(sc["f1_per"], anchor["f1_per"], n_boot=n_boot, seed=seed),
-            "anchored": bool(r["anchored"]),
-            "first_token_top1": 100 * float(np.mean(r["first_top1"])),
-            "first_token_top5": 100 * float(np.mean(r["first_top5"])),
-            "gold_nll": float(np.nanmean(r["gold_nll"])),
-            "context_slot_mean": float(nvec.mean()),
-            "compression_ratio": float(np.mean(ctx / np.maximum(nvec, 1))),
-            "seconds": r["seconds"],
-            "examples_per_s": r["examples_per_s"],
-            **diversity_stats(first_ids, r["predictions"], tokenizer),
-        }
-    return out
+def job_order(ratios: Sequence[float], seeds: Sequence[int], modes=MODES) -> list[tuple]:
+    """``(mode, ratio, seed)`` jobs, most decisive first, so a run stopped by its time budget has the
+    acceptance comparisons: the floor and the anchor; at the main ratio (the first given) lead-M,
+    ``latent`` and its own ids for every seed; at the other ratios the same; then the other baselines
+    and controls at every ratio."""
+    seeds = list(seeds)
+    jobs = [(m, None, None) for m in RATIO_FREE]
+    for r in ratios:
+        jobs += [("lead", r, None)] + [(m, r, s) for s in seeds for m in ("latent", "selection_ids")]
+    for r in ratios:
+        jobs += [(m, r, None) for m in ("random", "oracle", "bm25", "overlap")]
+        jobs += [(m, r, s) for s in seeds for m in ("classifier", "pool_adapter")]
+    return [j for j in jobs if j[0] in modes]
 
 
-def train_compressors(
+def evaluate_all(
     llm,
-    tokenizer,
-    split: Split,
-    enc_train,
-    enc_dev,
-    budgets: dict,
-    common: dict,
-    run,
-    resume: bool,
-    history: list,
-    t0: float,
-    history_every: int,
-) -> tuple[dict, dict, dict]:
-    """Train the ``latent`` and ``adapter`` compressors, each within its wall-clock budget.
+    tok,
+    ed: EvalData,
+    prefix: KV,
+    store: ResultStore,
+    ratios,
+    seeds_modules: dict,
+    max_new_tokens: int,
+    anchor: str,
+    progress: Callable | None = None,
+    modes=MODES,
+    deadline: float | None = None,
+) -> list[tuple]:
+    """Every job of :func:`job_order` into ``store``, skipping what it holds; no job starts after
+    ``deadline`` (a ``time.monotonic()`` value). Returns the jobs left undone."""
+    golds = [e.answers for e in ed.examples]
+    left = []
+    for mode, r, seed in job_order(ratios, sorted(seeds_modules), modes):
+        if store.has(mode, r, seed):
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            left.append((mode, r, seed))
+            continue
+        t0 = time.perf_counter()
+        slots, q_slot = slots_for(mode, r or 1.0, ed, llm, seeds_modules.get(seed))
+        qs = list(zip(q_slot, ed.q_ids))
+        desc = f"{mode}" + (f" r={r:g}" if r else "") + (f" seed {seed}" if seed is not None else "")
+        preds = generate_grouped(
+            llm,
+            tok,
+            prefix,
+            slots,
+            qs,
+            max_new_tokens,
+            anchor=anchor,
+            progress=(lambda it, d=desc: progress(it, d)) if progress else None,
+        )
+        sc = score_predictions(preds, golds)
+        slot_len = [int(slots[q].shape[0]) for q in q_slot]
+        store.add(
+            {
+                "mode": mode,
+                "ratio": r,
+                "seed": seed,
+                "f1_per": sc["f1_per"].tolist(),
+                "em_per": sc["em_per"].tolist(),
+                "predictions": preds,
+                "slot_len": slot_len,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
+    return left
 
-    ``budgets``: kind -> seconds; ``common``: the :class:`TrainConfig` fields both share. The latent
-    budget includes caching its hidden states and salience labels. Per-step records go to
-    ``train_diagnostics_<kind>.jsonl``, checkpoints to ``ckpt_<kind>/`` (carried over from an earlier
-    attempt of the run when ``resume``), dev checks to ``metrics_history.jsonl``. Returns
-    ``(compressors, records, summary)``.
-    """
-    from ..progress import progress_bar
-    from .compressor import Compressor, TrainConfig
-    from .prompts import input_embedding, token_embedding_rms
-    from .train import train_compressor
 
-    d_model = input_embedding(llm).weight.shape[1]
-    comps, records, cache_s = {}, {}, 0.0
-    for kind, budget in budgets.items():
-        with run.timer(f"train_{kind}"):
-            t_kind = time.perf_counter()
-            cfg = TrainConfig(kind=kind, time_budget_s=budget, **common)
-            comps[kind] = Compressor(d_model, cfg, token_embedding_rms(llm)).to(cfg.device)
-            hidden = labels = None
-            if kind == "latent":
-                hidden, labels, cache_s = training_features(
-                    llm,
-                    tokenizer,
-                    split.train,
-                    enc_train,
-                    cfg.hidden_layer,
-                    progress=lambda it: progress_bar(it, desc="caching"),
-                )
-            cfg.time_budget_s = max(0.0, budget - (time.perf_counter() - t_kind))
-            ckpt = run.carry_over(f"ckpt_{kind}") if resume else None
-            if ckpt is not None:
-                run.carry_over(f"train_diagnostics_{kind}.jsonl")
-            records[kind] = train_compressor(
-                llm,
-                tokenizer,
-                comps[kind],
-                cfg,
-                enc_train,
-                hidden,
-                labels,
-                diagnostics_path=run.path(f"train_diagnostics_{kind}.jsonl"),
-                checkpoint_dir=run.path(f"ckpt_{kind}"),
-                checkpoint_every=50,
-                resume=ckpt is not None,
-                progress=lambda it, desc: progress_bar(it, desc=desc),
-                callback=dev_checker(
-                    llm,
-                    tokenizer.pad_token_id,
-                    enc_dev,
-                    cfg.anchored,
-                    history,
-                    run.path("metrics_history.jsonl"),
-                    t0,
-                    kind,
-                ),
-                callback_every=history_every,
-            )
-    lm = {k: [r for r in v if r["phase"] == "lm"] for k, v in records.items()}
-    summary = {
-        "latent_lm_steps": len(lm["latent"]),
-        "latent_salience_steps": len(records["latent"]) - len(lm["latent"]),
-        "adapter_lm_steps": len(lm["adapter"]),
-        "hidden_cache_s": round(cache_s, 1),
-        "train_s_total": round(run.timings["train_latent"] + run.timings["train_adapter"], 1),
+# ----------------------------------------------------------------------------- training side
+def prepare_train(
+    llm,
+    tok,
+    scaffold: Scaffold,
+    train: Sequence[QAExample],
+    cfg,
+    prefix: KV,
+    topk: int,
+    recall_per_context: int,
+    progress: Callable | None = None,
+) -> TrainSet:
+    """Cached hidden states and labels per training context, recall tasks and teacher top-k per question."""
+    contexts = list(dict.fromkeys(e.context for e in train))
+    index = {c: i for i, c in enumerate(contexts)}
+    ctx_ids = [encode(tok, c) for c in contexts]
+    t0 = time.perf_counter()
+    hidden = cache_hidden(
+        llm, ctx_ids, cfg.layers, cfg.echo, progress=(lambda it: progress(it, "hidden states")) if progress else None
+    )
+    t_hidden = time.perf_counter() - t0
+    qs, ans = {}, {}
+    for e in train:
+        qs.setdefault(e.context, []).append(e.question)
+        ans.setdefault(e.context, set()).update(e.paragraph_answers or e.answers)
+    labels = [salience_labels(tok, c, ids, sorted(ans[c]), qs[c]) for c, ids in zip(contexts, ctx_ids)]
+    anchored = cfg.anchored
+    qa_items = [
+        (index[e.context], question_ids(scaffold, e.question, anchored), scaffold.answer_ids(e.answers[0], anchored))
+        for e in train
+    ]
+    t0 = time.perf_counter()
+    tk = teacher_topk(
+        llm,
+        prefix,
+        ctx_ids,
+        qa_items,
+        tok.pad_token_id or 0,
+        k=topk,
+        K=cfg.K,
+        progress=(lambda it: progress(it, "teacher top-k")) if progress else None,
+    )
+    t_teacher = time.perf_counter() - t0
+    import random as _random
+
+    rng = _random.Random(0)
+    recall = []
+    for c in contexts:
+        for q, a in recall_tasks(c, recall_per_context, rng):
+            recall.append((index[c], question_ids(scaffold, q, anchored), scaffold.answer_ids(a, anchored)))
+    return TrainSet(
+        ctx_ids,
+        hidden,
+        labels,
+        [(*it, t) for it, t in zip(qa_items, tk)],
+        recall,
+        {
+            "contexts": len(contexts),
+            "questions": len(qa_items),
+            "recall_tasks": len(recall),
+            "hidden_cache_s": round(t_hidden, 1),
+            "teacher_cache_s": round(t_teacher, 1),
+        },
+    )
+
+
+def bundle_meta(cfg, d_model: int, target_rms: float, model: str, split, scaffold_info: dict) -> dict:
+    """What a checkpoint records besides weights: config, reader, prompt, and the data it saw."""
+    side = split.train + split.dev
+    return {
+        "config": asdict(cfg),
+        "d_model": d_model,
+        "target_rms": target_rms,
+        "model": model,
+        "scaffold": scaffold_info,
+        "seen_titles": sorted({e.title for e in side}),
+        "seen_contexts": sorted({context_hash(e.context) for e in side}),
+        "progress": {k: 0 for k in KINDS},
     }
-    return comps, records, summary
 
 
-def max_context(encoded: Sequence[EncodedExample]) -> int:
-    """Positional-table size for the encoder: the longest context plus one, at least 1024."""
-    return max(1024, max(x.context.shape[0] for x in encoded) + 1)
+def train_seed(
+    llm,
+    ts: TrainSet,
+    cfg,
+    seed: int,
+    prefix: KV,
+    anchor_ids,
+    pad_id: int,
+    ckpt_dir: Path,
+    meta: dict,
+    resume: bool,
+    log: Callable | None = None,
+    progress: Callable | None = None,
+    save_every: int = 50,
+) -> dict:
+    """Train the three compressors of one seed, resuming from ``ckpt_dir`` when asked (same config only)."""
+    cfg = replace(cfg, seed=seed)
+    d_model = input_embedding(llm).weight.shape[1]
+    torch.manual_seed(seed)
+    mods = {k: build(k, d_model, cfg, meta["target_rms"]).to(cfg.device) for k in KINDS}
+    meta = {**meta, "config": asdict(cfg), "progress": {k: 0 for k in KINDS}}
+    opts: dict = {}
+    if resume and (ckpt_dir / "config.json").is_file():
+        check_resumable(read_meta(ckpt_dir), cfg, d_model)
+        loaded, opts, saved = load_bundle(ckpt_dir, device=cfg.device)
+        for k, m in loaded.items():
+            mods[k].load_state_dict(m.state_dict())
+        meta["progress"] = saved.get("progress", meta["progress"])
+    for kind in KINDS:
+
+        def save(step, opt, kind=kind):
+            meta["progress"][kind] = step
+            opts[kind] = opt
+            save_bundle(ckpt_dir, mods, meta, opts)
+
+        train_module(
+            llm,
+            mods[kind],
+            cfg,
+            ts,
+            prefix,
+            anchor_ids,
+            pad_id,
+            start_step=meta["progress"][kind],
+            opt_state=opts.get(kind),
+            log=log,
+            save=save,
+            save_every=save_every,
+            progress=(lambda it, n, k=kind: progress(it, f"seed {seed} {k}", n)) if progress else None,
+        )
+    return mods
+
+
+def load_training_log(path) -> list[dict]:
+    return read_jsonl(path, repair=True) if Path(path).is_file() else []
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "latent-smollm2"
+
+
+def resolve_checkpoint(checkpoint: str, model: str) -> str:
+    """``auto`` -> the shipped compressor when the reader is the bundled SmolLM2 and it is present (else
+    train here: ``""``); any other value unchanged."""
+    if checkpoint == "auto":
+        return str(SHIPPED) if model == "smollm2" and (SHIPPED / "config.json").is_file() else ""
+    return checkpoint
+
+
+def budget_warning(ctx_lens: Sequence[int], ratios: Sequence[float]) -> str | None:
+    """A warning when M = ceil(T / r) is not smaller than a context (nothing is compressed there)."""
+    bad = {r: sum(1 for n in ctx_lens if budget(n, r) >= n) for r in ratios}
+    bad = {r: k for r, k in bad.items() if k}
+    if not bad:
+        return None
+    return (
+        "Warning: M is not smaller than the context for "
+        + ", ".join(f"{k} context(s) at r={r:g}" for r, k in bad.items())
+        + " (those contexts are passed whole: M = ceil(T / r) >= T); use ratios above 1 and contexts of several tokens."
+    )
+
+
+def finished_bundle(ckpt_dir: Path, cfg, seed: int, d_model: int) -> dict | None:
+    """The modules of a seed whose training is complete in ``ckpt_dir`` with this configuration, else None
+    (so a resumed run skips the training caches when every seed is done)."""
+    from .train import schedule
+
+    if not (Path(ckpt_dir) / "config.json").is_file():
+        return None
+    cfg = replace(cfg, seed=seed)
+    meta = read_meta(ckpt_dir)
+    check_resumable(meta, cfg, d_model)
+    done = all(meta.get("progress", {}).get(k, 0) >= sum(n for _, n in schedule(k, cfg)) for k in KINDS)
+    return load_bundle(ckpt_dir, device=cfg.device)[0] if done else None

@@ -1,33 +1,22 @@
-"""Feeding a frozen causal LM a context as tokens or as vectors, and measuring what it answers.
+"""The shared chat scaffold of notebook 04, the reader's embeddings, and batching helpers.
 
 A prompt is a list of *segments*: 1-D ``LongTensor`` token ids, or ``(k, d)`` float tensors that go
 straight into ``inputs_embeds``. Every mode uses the same chat scaffold::
 
-    [pre ids] [context: tokens | M vectors] [post ids: question + assistant header] ([anchor ids])
+    [pre ids] [context slot: tokens | M vectors | nothing] [post ids: question + assistant header] [anchor ids]
 
-Batches are left-padded with an attention mask and position ids ``cumsum(mask) - 1`` so a row's
-real tokens sit at positions 0..n-1 whatever its padding; greedy decoding reuses the KV cache.
-
-Modes (``MODES``):
-  text          context as tokens through ``input_ids``
-  text_embed    the same prompt through ``inputs_embeds`` (must reproduce ``text``)
-  anchor        ``text_embed`` plus an anchor string (e.g. "Answer:") before the answer
-  token_budget  the first M context tokens, question and scaffold whole
-  mean_pool     the context's token embeddings mean-pooled into M contiguous chunks (no training)
-  adapter       ``mean_pool`` vectors through a trained adapter
-  latent        a trained encoder's M vectors through its adapter (see :mod:`utils.latent_train`)
-All continuous vectors are rescaled to the RMS of the model's real token embeddings.
+:func:`assemble` left-pads a batch with an attention mask and position ids ``cumsum(mask) - 1`` so a
+row's real tokens sit at positions 0..n-1 whatever its padding (the layered, cached version used by
+the experiment is :mod:`.cache`). Continuous vectors are rescaled to the RMS of real token embeddings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
-MODES = ("text", "text_embed", "anchor", "token_budget", "mean_pool", "adapter", "latent")
-EMBED_MODES = ("text_embed", "anchor", "mean_pool", "adapter", "latent")
 CONTEXT_PLACEHOLDER = "\u0000CTX\u0000"
 
 
@@ -85,49 +74,13 @@ def hidden_and_logits(
     return logits, (out.past_key_values if use_cache else None)
 
 
-class _StopForward(Exception):
-    def __init__(self, value):
-        self.value = value
-
-
-def _decoder_layers(model):
+def decoder_layers(model):
     base = model.base_model
     for name in ("layers", "h", "blocks"):
         layers = getattr(base, name, None)
         if isinstance(layers, torch.nn.ModuleList):
             return layers
     return None
-
-
-@torch.no_grad()
-def context_hidden_states(model, ids: torch.Tensor, mask: torch.Tensor, layer: int) -> torch.Tensor:
-    """Hidden states (B, T, d) of the frozen model's ``layer`` (0 = embeddings) over right-padded ids.
-
-    Equals ``output_hidden_states[layer]`` for ``0 <= layer < L``, but stops the forward pass after
-    decoder layer ``layer`` (a hook raises), so only ``layer / L`` of the model runs.
-    """
-    dev = input_embedding(model).weight.device
-    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    kw = dict(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev))
-    layers = _decoder_layers(model)
-    if layer == 0:
-        return embed_ids(model, ids)
-    if layers is not None and 0 < layer < len(layers):
-
-        def hook(_m, _inp, out):
-            raise _StopForward(out[0] if isinstance(out, tuple) else out)
-
-        h = layers[layer - 1].register_forward_hook(hook)
-        try:
-            model.base_model(**kw, use_cache=False)
-        except _StopForward as stop:
-            return stop.value
-        finally:
-            h.remove()
-    hs = model.base_model(**kw, output_hidden_states=True).hidden_states
-    if not -len(hs) <= layer < len(hs):
-        raise IndexError(f"hidden layer {layer} out of range: the model has {len(hs) - 1} layers")
-    return hs[layer]
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -298,28 +251,6 @@ def assemble(
 
 
 # ----------------------------------------------------------------------------- context representations
-def chunk_mean_pool(vectors: torch.Tensor, M: int) -> torch.Tensor:
-    """Mean of ``M`` contiguous, near-equal chunks of a (n, d) sequence -> (M, d).
-
-    Chunk j holds positions ``floor(j*n/M) .. floor((j+1)*n/M) - 1``; when n < M a chunk that would
-    be empty takes the single token at ``floor(j*n/M)``.
-    """
-    n = vectors.shape[0]
-    if n == 0:
-        raise ValueError("cannot pool an empty context")
-    out = []
-    for j in range(M):
-        a, b = (j * n) // M, ((j + 1) * n) // M
-        out.append(vectors[min(a, n - 1) : max(b, min(a, n - 1) + 1)].mean(0))
-    return torch.stack(out, 0)
-
-
-def mean_pool_vectors(model, ctx_ids: Sequence[torch.Tensor], M: int, target_rms: float) -> list[torch.Tensor]:
-    """The ``mean_pool`` mode's M vectors per example (no training), RMS-matched."""
-    with torch.no_grad():
-        return [scale_to_rms(chunk_mean_pool(embed_ids(model, c), M), target_rms) for c in ctx_ids]
-
-
 def pad_right(seqs: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad 1-D id tensors -> (ids (B, T), mask (B, T))."""
     T = max(max(s.shape[0] for s in seqs), 1)
@@ -329,41 +260,3 @@ def pad_right(seqs: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, 
         ids[b, : s.shape[0]] = s
         mask[b, : s.shape[0]] = 1
     return ids, mask
-
-
-def build_prompts(
-    mode: str,
-    encoded: Sequence[EncodedExample],
-    scaffold: Scaffold,
-    model,
-    M: int,
-    target_rms: float,
-    context_vectors: Callable | None = None,
-    anchored: bool | None = None,
-) -> list[list[torch.Tensor]]:
-    """Segment lists for ``mode`` (see module docstring).
-
-    ``anchored`` appends the anchor ids after the question (default: only in the ``anchor`` mode;
-    the notebook can anchor the compressed modes too so that every compared mode answers in the
-    same format).
-
-    ``context_vectors(list of ctx ids) -> list of (M, d)`` supplies the vectors of the
-    ``adapter`` and ``latent`` modes (trained components, see :mod:`utils.latent_train`).
-    """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
-    if anchored is None or mode == "anchor":
-        anchored = anchored or mode == "anchor"
-    tail = [scaffold.anchor_ids] if anchored and scaffold.anchor_ids.numel() else []
-    if mode in ("text", "text_embed", "anchor"):
-        return [[e.pre, e.context, e.post] + tail for e in encoded]
-    if mode == "token_budget":
-        return [[e.pre, e.context[:M], e.post] + tail for e in encoded]
-    if mode == "mean_pool":
-        vecs = mean_pool_vectors(model, [e.context for e in encoded], M, target_rms)
-    else:
-        if context_vectors is None:
-            raise ValueError(f"mode {mode!r} needs trained context_vectors (train the encoder first)")
-        with torch.no_grad():
-            vecs = context_vectors([e.context for e in encoded])
-    return [[e.pre, v, e.post] + tail for e, v in zip(encoded, vecs)]

@@ -1,218 +1,262 @@
-"""Tables and sentences of the notebook-04 report, built from :func:`.experiment.mode_metrics` and the results."""
+"""Tables and sentences of the notebook-04 report, from the :class:`.experiment.ResultStore`.
+
+Every interval resamples whole evaluation contexts (all questions of a context together). A seeded
+mode is summarised by the per-question mean over its seeds (seed-level figures are in the
+acceptance table). Teacher-normalised F1 = (F1 - F1[no_context]) / (F1[anchor] - F1[no_context]).
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
-from .metric import paired_bootstrap_ci
-from .prompts import MODES, EncodedExample
-from .squad import QAExample
+import numpy as np
 
+from .experiment import MODES, QUESTION_AWARE, RATIO_FREE, SEEDED
+from .metric import context_bootstrap_ci, paired_context_bootstrap
 
-def mode_table(metrics: dict):
-    """The report's mode table (one row per mode) from :func:`mode_metrics`."""
-    import pandas as pd
-
-    return pd.DataFrame(mode_table_rows(metrics), columns=MODE_TABLE_HEADER)
-
-
-def mode_table_rows(metrics: dict) -> list[list]:
-    """Rows of the report's mode table (one per mode) from :func:`mode_metrics`."""
-    rows = []
-    for mode, m in metrics.items():
-        d, da = m["delta_f1_vs_text"], m["delta_f1_vs_anchor"]
-        rows.append(
-            [
-                mode + (" (+anchor)" if m["anchored"] and mode != "anchor" else ""),
-                f"{m['context_slot_mean']:.1f}",
-                f"{m['compression_ratio']:.2f}",
-                f"{m['em']:.1f} [{m['em_ci'][0]:.1f}, {m['em_ci'][1]:.1f}]",
-                f"{m['f1']:.1f} [{m['f1_ci'][0]:.1f}, {m['f1_ci'][1]:.1f}]",
-                f"{d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]",
-                f"{da['diff']:+.1f} [{da['lo']:+.1f}, {da['hi']:+.1f}]",
-                f"{m['first_token_top1']:.1f} / {m['first_token_top5']:.1f}",
-                f"{m['gold_nll']:.2f}",
-                f"{m['seconds']:.1f}",
-                f"{m['examples_per_s']:.2f}",
-                m["distinct_first_tokens"],
-                "yes" if m["collapsed"] else "no",
-            ]
-        )
-    return rows
+LABELS = {
+    "no_context": "no context (floor)",
+    "anchor": "full context (anchor)",
+    "lead": "lead-M",
+    "random": "random-M in order",
+    "oracle": "oracle window (ceiling of hard selection)",
+    "classifier": "token classifier top-M (LLMLingua-2 style)",
+    "selection_ids": "latent's own selection as ids",
+    "pool_adapter": "trained pool + projector (control)",
+    "latent": "latent",
+    "bm25": "BM25 sentences cut to M",
+    "overlap": "question-overlap window",
+}
 
 
-MODE_TABLE_HEADER = [
-    "mode",
-    "slot",
-    "compr.",
-    "EM [95% CI]",
-    "F1 [95% CI]",
-    "ΔF1 vs text [paired CI]",
-    "ΔF1 vs anchor [paired CI]",
-    "first tok top1/top5 %",
-    "gold NLL",
-    "wall s",
-    "ex/s",
-    "distinct 1st tok",
-    "collapse",
-]
+def per_question(store, mode: str, ratio, seeds: Sequence[int], key: str = "f1_per") -> np.ndarray | None:
+    """Per-question scores of ``mode`` (mean over ``seeds`` for a seeded mode), or None if not run."""
+    r = None if mode in RATIO_FREE else ratio
+    ss = seeds if mode in SEEDED else [None]
+    rows = [store.get(mode, r, s)[key] for s in ss if store.has(mode, r, s)]
+    return np.mean(np.asarray(rows, float), 0) if rows else None
 
 
-def paired_verdict(results: dict, a: str, b: str, n_boot: int, seed: int) -> tuple[dict, str]:
-    """Paired bootstrap of F1(a) - F1(b) and a one-line verdict: beats / is worse than / not distinguishable."""
-    h = paired_bootstrap_ci(results[a]["scores"]["f1_per"], results[b]["scores"]["f1_per"], n_boot=n_boot, seed=seed)
-    word = "beats" if h["lo"] > 0 else ("is worse than" if h["hi"] < 0 else "is not distinguishable from")
-    return h, (
-        f"`{a}` {word} `{b}`: ΔF1 = {h['diff']:+.1f} [{h['lo']:+.1f}, {h['hi']:+.1f}] "
-        f"(paired bootstrap 95% CI, one-sided p(Δ<=0) = {h['p_le_0']:.3f})"
-    )
+def normalised(f1: float, floor: float, anchor: float) -> float:
+    return (f1 - floor) / (anchor - floor) if anchor != floor else float("nan")
 
 
-def prediction_rows(eval_ex: Sequence[QAExample], results: dict) -> list[dict]:
-    """One record per (question, mode) for ``predictions.jsonl``."""
-    rows = []
-    for i, e in enumerate(eval_ex):
-        for mode in MODES:
-            r = results[mode]
-            rows.append(
+def summary(store, clusters, ratios, seeds, n_boot: int, seed: int = 0) -> list[dict]:
+    """One record per (mode, ratio): F1 and EM with context-bootstrap intervals, normalised F1, slot size."""
+    floor, anchor = per_question(store, "no_context", None, seeds), per_question(store, "anchor", None, seeds)
+    fl = 100 * floor.mean() if floor is not None else float("nan")
+    an = 100 * anchor.mean() if anchor is not None else float("nan")
+    out = []
+    for mode in MODES:
+        for r in ratios:
+            f1 = per_question(store, mode, r, seeds)
+            if f1 is None:
+                continue
+            em = per_question(store, mode, r, seeds, "em_per")
+            m, lo, hi = context_bootstrap_ci(f1, clusters, n_boot=n_boot, seed=seed)
+            e, elo, ehi = context_bootstrap_ci(em, clusters, n_boot=n_boot, seed=seed)
+            rr = None if mode in RATIO_FREE else r
+            ss = seeds if mode in SEEDED else [None]
+            done = [s for s in ss if store.has(mode, rr, s)]
+            slot = np.mean(store.get(mode, rr, done[0])["slot_len"])
+            out.append(
                 {
-                    "id": e.id,
                     "mode": mode,
-                    "question": e.question,
-                    "prediction": r["predictions"][i],
-                    "golds": e.answers,
-                    "em": r["scores"]["em_per"][i],
-                    "f1": r["scores"]["f1_per"][i],
-                    "first_top1": r["first_top1"][i],
-                    "first_top5": r["first_top5"][i],
-                    "gold_nll": r["gold_nll"][i],
-                    "context_tokens": r["n_context_tokens"][i],
-                    "context_slot": r["n_prompt_vectors"][i],
+                    "ratio": r,
+                    "track": "question-aware" if mode in QUESTION_AWARE else "question-agnostic",
+                    "seeds": len(done) if mode in SEEDED else 0,
+                    "f1": m,
+                    "f1_lo": lo,
+                    "f1_hi": hi,
+                    "em": e,
+                    "em_lo": elo,
+                    "em_hi": ehi,
+                    "norm_f1": normalised(m, fl, an),
+                    "slot_mean": float(slot),
                 }
             )
-    return rows
+    return out
 
 
-def last_step_table(last: dict):
-    """The last latent LM training step's losses and first-token diagnostics (one row)."""
+def first_table(rows: list[dict], ratios):
+    """Every mode at every ratio: F1 [95 % context-bootstrap CI] and teacher-normalised F1."""
     import pandas as pd
 
-    return pd.DataFrame(
-        [
-            [
-                last["step"],
-                last["loss"],
-                last["tf"],
-                last["first"],
-                last["kce"],
-                last["kd"],
-                last["entropy"],
-                last["salience"],
-                last["grad_norm"],
-                last["first_acc"],
-                last["first_acc_top5"],
-                f"{last['distinct_first_preds']}/{last['batch']}",
-                str(last["dominant_first_preds"]),
-            ]
-        ],
-        columns=[
-            "last latent step",
-            "loss",
-            "tf",
-            "first",
-            "kce",
-            "kd",
-            "entropy",
-            "salience",
-            "grad norm",
-            "first acc",
-            "top5",
-            "distinct",
-            "dominant",
-        ],
-    )
-
-
-def kept_tokens_table(
-    comp, llm, tokenizer, eval_ex: Sequence[QAExample], enc_eval: Sequence[EncodedExample], n: int = 6
-):
-    """For the first ``n`` evaluation questions: the context tokens that seed the latent slots, in order."""
-    import pandas as pd
-
-    sel = comp.selected_positions(llm, [e.context for e in enc_eval[:n]])
-    return pd.DataFrame(
-        [
-            [
-                eval_ex[i].question,
-                eval_ex[i].answers[0],
-                " · ".join(tokenizer.decode([int(enc_eval[i].context[j])]).strip() for j in sel[i]),
-            ]
-            for i in range(len(sel))
-        ],
-        columns=["question", "gold", "kept tokens (in order)"],
-    )
-
-
-def dominant_table(mode_metrics_: dict):
-    """Distinct and dominant predictions per mode."""
-    import pandas as pd
-
-    return pd.DataFrame(
-        [
-            [m, v["distinct_predictions"], "; ".join(f"{p!r}: {c}" for p, c in v["dominant_predictions"][:3])]
-            for m, v in mode_metrics_.items()
-        ],
-        columns=["mode", "distinct predictions", "dominant predictions (count)"],
-    )
-
-
-def examples_table(
-    eval_ex: Sequence[QAExample], results: dict, n: int = 8, modes=("text", "token_budget", "mean_pool", "latent")
-):
-    """The first ``n`` questions with their gold answer and the predictions of a few modes."""
-    import pandas as pd
-
-    return pd.DataFrame(
-        [
-            [eval_ex[i].question, eval_ex[i].answers[0]] + [results[m]["predictions"][i] for m in modes]
-            for i in range(min(n, len(eval_ex)))
-        ],
-        columns=["question", "gold", *modes],
-    )
-
-
-def data_sentence(summary: dict, M: int) -> str:
-    return (
-        f"{summary['eval_questions']} evaluation questions (one per context), M = {M}; contexts average "
-        f"{summary['context_tokens_mean']:.1f} tokens (max {summary['context_tokens_max']}). The answer starts "
-        f"within the first M context tokens for {100 * summary['answers_starting_within_first_M']:.0f}% of the "
-        f"questions (mean relative answer position {summary['answer_start_rel_mean']:.2f})."
-    )
-
-
-def training_sentence(s: dict, batch: int, latent_budget: float, adapter_budget: float) -> str:
-    return (
-        f"latent: {s['latent_salience_steps']} salience pre-training steps and {s['latent_lm_steps']} LM steps "
-        f"(batch {batch}) in a {latent_budget:.0f} s budget (hidden-state cache {s['hidden_cache_s']} s included); "
-        f"adapter: {s['adapter_lm_steps']} LM steps in {adapter_budget:.0f} s. Every step is in "
-        "`train_diagnostics.jsonl`."
-    )
-
-
-def agreement(results: dict, eval_ex: Sequence[QAExample], rate: Callable) -> dict:
-    """How often ``text_embed`` reproduces ``text`` (rate, count and the first differing predictions)."""
-    a, b = results["text"]["predictions"], results["text_embed"]["predictions"]
-    diffs = [(e.id, x, y) for e, x, y in zip(eval_ex, a, b) if x != y]
-    return {"rate": rate(a, b), "n_diff": len(diffs), "diffs": diffs[:20]}
-
-
-def headline(verdicts: dict, metrics: dict) -> str:
-    collapsed = [m for m, v in metrics["modes"].items() if v["collapsed"]]
-    ag = metrics["text_embed_agreement"]
-    return "\n".join(
-        [f"- {v[1]}" for v in verdicts.values()]
-        + [
-            f"- `text_embed` reproduces `text` on {100 * ag['rate']:.1f}% of the questions ({ag['n_diff']} differ).",
-            f"- Mode collapse flagged for: {', '.join(collapsed) or 'none'}.",
+    by = {(r["mode"], r["ratio"]): r for r in rows}
+    ratios = sorted(ratios)
+    out = []
+    for mode in MODES:  # every mode, run or not
+        done = [by[(mode, r)] for r in ratios if (mode, r) in by]
+        line = [
+            LABELS[mode],
+            "QA-aware" if mode in QUESTION_AWARE else ("both" if mode in RATIO_FREE else "QA-free"),
+            (f"{done[0]['seeds']}" if done else "0") if mode in SEEDED else "-",
         ]
+        for r in ratios:
+            x = by.get((mode, r))
+            line += (
+                [f"{x['f1']:.1f} [{x['f1_lo']:.1f}, {x['f1_hi']:.1f}]", f"{x['norm_f1']:.2f}"] if x else ["not run", ""]
+            )
+        out.append(line)
+    cols = ["mode", "track", "seeds"] + [c for r in ratios for c in (f"F1 r={r:g} [95% CI]", f"norm. r={r:g}")]
+    return pd.DataFrame(out, columns=cols)
+
+
+def acceptance(
+    store, clusters, seeds, n_boot: int, r_main: float = 4.0, r_far: float = 10.0, seed: int = 0
+) -> list[dict]:
+    """Per seed: latent - lead-M and latent - selection_ids at ``r_main``, latent - lead-M at ``r_far``."""
+    out = []
+    for s in seeds:
+        rec = {"seed": s}
+        for name, mode_b, r in (
+            ("vs_lead", "lead", r_main),
+            ("vs_ids", "selection_ids", r_main),
+            ("vs_lead_far", "lead", r_far),
+        ):
+            sb = s if mode_b in SEEDED else None
+            if store.has("latent", r, s) and store.has(mode_b, r, sb):
+                rec[name] = paired_context_bootstrap(
+                    store.get("latent", r, s)["f1_per"],
+                    store.get(mode_b, r, sb)["f1_per"],
+                    clusters,
+                    n_boot=n_boot,
+                    seed=seed,
+                )
+        out.append(rec)
+    return out
+
+
+def acceptance_table(acc: list[dict], r_main: float = 4.0, r_far: float = 10.0):
+    import pandas as pd
+
+    def cell(d):
+        return f"{d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]" if d else "not run"
+
+    rows = []
+    for a in acc:
+        v1, v2, v3 = a.get("vs_lead"), a.get("vs_ids"), a.get("vs_lead_far")
+        rows.append(
+            [
+                a["seed"],
+                cell(v1),
+                _yes(v1 and v1["diff"] >= 5 and v1["lo"] > 0),
+                cell(v2),
+                _yes(v2 and v2["diff"] >= 3),
+                cell(v3),
+                _yes(v3 and v3["diff"] >= -2),
+            ]
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "seed",
+            f"latent - lead-M, r={r_main:g}",
+            "≥ +5 and CI > 0",
+            f"latent - own ids, r={r_main:g}",
+            "≥ +3",
+            f"latent - lead-M, r={r_far:g}",
+            "≥ -2",
+        ],
+    )
+
+
+def _yes(x) -> str:
+    return "n/a" if x is None else ("yes" if x else "no")
+
+
+def verdict(acc: list[dict], n_seeds_required: int = 3) -> str:
+    """One sentence: whether the three acceptance targets hold in every seed (with the measured numbers)."""
+
+    done = [a for a in acc if "vs_lead" in a]
+    if len(done) < n_seeds_required:
+        return f"Verdict: not determined: the r=4 comparison ran for {len(done)} of {n_seeds_required} seeds."
+
+    def status(k, test):
+        if not all(k in a for a in done):
+            return None
+        return all(test(a[k]) for a in done)
+
+    t1 = status("vs_lead", lambda d: d["diff"] >= 5 and d["lo"] > 0)
+    t2 = status("vs_ids", lambda d: d["diff"] >= 3)
+    t3 = status("vs_lead_far", lambda d: d["diff"] >= -2)
+    word = {True: "met", False: "not met", None: "not determined (not run)"}
+    d1 = ", ".join(f"{a['vs_lead']['diff']:+.1f}" for a in done)
+    d2 = ", ".join(f"{a['vs_ids']['diff']:+.1f}" for a in done if "vs_ids" in a) or "not run"
+    d3 = ", ".join(f"{a['vs_lead_far']['diff']:+.1f}" for a in done if "vs_lead_far" in a) or "not run"
+    if t1 is False or t3 is False:
+        head = "Verdict: the target is NOT reached"
+    elif t1 and t3:
+        head = "Verdict: latent compression beats lead-M as required"
+    else:
+        head = "Verdict: not determined"
+    cont = {
+        True: "its continuous part adds at least 3 F1 over its own selection as ids",
+        False: "its continuous part does not add 3 F1 over its own selection as ids (it adds nothing measurable)",
+        None: "whether its continuous part adds 3 F1 over its own selection as ids is not determined",
+    }[t2]
+    return (
+        f"{head} (latent - lead-M at r=4: {d1} F1 per seed, target >= +5 with CI > 0: {word[t1]}; "
+        f"at r=10: {d3}, target >= -2: {word[t3]}), and {cont} ({d2} F1 per seed)."
+    )
+
+
+def per_seed_table(store, ratios, seeds):
+    """F1 of each seeded mode per seed and ratio (plain means over questions)."""
+    import pandas as pd
+
+    rows, ratios = [], sorted(ratios)
+    for mode in SEEDED:
+        for s in seeds:
+            line = [LABELS[mode], s] + [
+                f"{100 * np.mean(store.get(mode, r, s)['f1_per']):.1f}" if store.has(mode, r, s) else "not run"
+                for r in ratios
+            ]
+            rows.append(line)
+    return pd.DataFrame(rows, columns=["mode", "seed"] + [f"F1 r={r:g}" for r in ratios])
+
+
+def examples_table(ed, store, ratio, seed, n: int = 8, modes=("anchor", "lead", "selection_ids", "latent", "oracle")):
+    import pandas as pd
+
+    rows = []
+    for i in range(min(n, len(ed.examples))):
+        e = ed.examples[i]
+        line = [e.question, e.answers[0]]
+        for m in modes:
+            rr = None if m in RATIO_FREE else ratio
+            ss = seed if m in SEEDED else None
+            line.append(store.get(m, rr, ss)["predictions"][i] if store.has(m, rr, ss) else "")
+        rows.append(line)
+    return pd.DataFrame(rows, columns=["question", "gold", *modes])
+
+
+def kept_tokens_table(tok, ed, store_modules, llm, ratio: float, n: int = 4):
+    """What ``latent``'s own selection and the classifier keep from the first contexts (as text)."""
+    import pandas as pd
+
+    from .experiment import context_features
+    from .prompts import input_embedding
+
+    idx = list(range(min(n, len(ed.ctx_ids))))
+    H, _, mask = context_features(llm, ed.ctx_ids, ed.hidden, idx, input_embedding(llm).weight.device)
+    rows = []
+    for k in ("latent", "classifier"):
+        if k in store_modules:
+            for i, pos in zip(idx, store_modules[k].select(H, mask, ratio)):
+                rows.append([k, i, tok.decode(ed.ctx_ids[i][pos].tolist())[:300]])
+    return pd.DataFrame(rows, columns=["selector", "context", f"kept tokens at r={ratio:g} (in order)"])
+
+
+def data_sentence(ed, split_stats: dict, disjoint: dict, source: str) -> str:
+    n_tok = np.array([c.shape[0] for c in ed.ctx_ids])
+    ev, dv = split_stats.get("eval_articles", []), split_stats.get("dev_articles", [])
+    d = disjoint
+    return (
+        f"Data: {source}. Evaluation: {d['eval_questions']} questions on {d['eval_contexts']} contexts of "
+        f"{len(ev)} articles ({', '.join(ev[:8])}); training side: {d['train_questions']} questions on "
+        f"{d['train_contexts']} contexts, dev: {d['dev_questions']} questions ({', '.join(dv)}); no evaluation "
+        f"article, context or question is on the training side ({d['answer_strings_elsewhere']} evaluation "
+        f"questions have an answer string that also occurs as a training-side answer). Contexts: "
+        f"{n_tok.mean():.0f} tokens on average (min {n_tok.min()}, max {n_tok.max()})."
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,8 +43,12 @@ def parse_squad(obj: Any, source: str = "<object>") -> tuple[list[QAExample], di
     """Examples from a parsed SQuAD JSON object.
 
     SQuAD v2.0 questions marked ``is_impossible`` (or with no answers) are skipped and counted.
+    Every answer must be found in the context at its ``answer_start`` (an integer character
+    offset); a question with an answer that is not is rejected (dropped) and its id is listed in
+    ``stats["rejected_offsets"]`` with a warning, so no wrong answer position reaches the figures.
     Returns ``(examples, stats)`` with ``stats = {"questions", "kept", "skipped_unanswerable",
-    "paragraphs", "version"}``. Raises :class:`SquadFormatError` naming the first problem.
+    "rejected_offsets", "paragraphs", "version"}``. Raises :class:`SquadFormatError` naming the
+    first structural problem (e.g. a non-integer ``answer_start``, with the record's id).
     """
     if not isinstance(obj, dict) or "data" not in obj:
         raise _err(source, "the top level must be an object with a 'data' list")
@@ -51,6 +56,7 @@ def parse_squad(obj: Any, source: str = "<object>") -> tuple[list[QAExample], di
     if not isinstance(data, list):
         raise _err(f"{source}:data", "'data' must be a list of articles")
     out: list[QAExample] = []
+    rejected: list[str] = []
     n_q = n_skip = n_par = 0
     for ai, art in enumerate(data):
         where_a = f"{source}:data[{ai}]"
@@ -77,22 +83,38 @@ def parse_squad(obj: Any, source: str = "<object>") -> tuple[list[QAExample], di
                 if qa.get("is_impossible", False) or len(answers) == 0:
                     n_skip += 1
                     continue
+                qid = str(qa.get("id", f"{ai}-{pi}-{qi}"))
                 texts, starts = [], []
                 for ki, a in enumerate(answers):
                     if not isinstance(a, dict) or not isinstance(a.get("text"), str):
                         raise _err(f"{where_q}.answers[{ki}]", "each answer needs a string 'text'")
+                    st = a.get("answer_start")
+                    if isinstance(st, bool) or not isinstance(st, int):
+                        raise _err(
+                            f"{where_q}.answers[{ki}] (id {qid!r})",
+                            f"'answer_start' must be an integer character offset, got {st!r}",
+                        )
                     texts.append(a["text"])
-                    starts.append(int(a.get("answer_start", -1)))
-                qid = str(qa.get("id", f"{ai}-{pi}-{qi}"))
+                    starts.append(st)
+                if any(not (0 <= st and ctx[st : st + len(t)] == t) for t, st in zip(texts, starts)):
+                    rejected.append(qid)
+                    continue
                 par_examples.append(QAExample(qid, qa["question"], ctx, texts, starts, title))
             union = sorted({t for e in par_examples for t in e.answers})
             for e in par_examples:
                 e.paragraph_answers = union
             out.extend(par_examples)
+    if rejected:
+        warnings.warn(
+            f"{source}: rejected {len(rejected)} question(s) whose answer is not at its answer_start "
+            f"(ids {', '.join(rejected[:10])}{' ...' if len(rejected) > 10 else ''}); fix their offsets to use them",
+            stacklevel=2,
+        )
     stats = {
         "questions": n_q,
         "kept": len(out),
         "skipped_unanswerable": n_skip,
+        "rejected_offsets": rejected,
         "paragraphs": n_par,
         "version": str(obj.get("version", "")),
     }
@@ -107,8 +129,16 @@ def load_squad_json(path: str | Path) -> tuple[list[QAExample], dict]:
             f"SQuAD file {path} does not exist: pass the path of a SQuAD v1.1/v2.0 "
             "JSON file (e.g. ../shared/data/squad-v1.1-dev-part-a.json)"
         )
+    raw = path.read_bytes()
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SquadFormatError(
+            f"{path} is not UTF-8 text: byte offset {e.start} (0x{raw[e.start]:02x}) cannot be decoded ({e.reason}); "
+            "SQuAD files are UTF-8 JSON: re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    try:
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise SquadFormatError(f"{path} is not valid JSON ({e}); expected a SQuAD v1.1/v2.0 file") from e
     return parse_squad(obj, source=str(path))

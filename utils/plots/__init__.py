@@ -6,13 +6,14 @@ theme, set once by :func:`use_style`. Every function returns the matplotlib figu
 
 * :mod:`.core`: grids, heatmaps, eigenvalue panels, curves and bars used across notebooks 01-05;
 * :mod:`.diagnostics`: random-matrix diagnostics, null models, model diffs, head circuits (01, 02, 07);
-* :mod:`.compare`: figures comparing several runs (06).
+* :mod:`.compare`: figures comparing several runs (06);
+* :mod:`.latent`: latent compression (04).
 
 Figures specific to one area live in that area's module (``plots.diagnostics.esd(...)``); the
 shared ones are re-exported here (``plots.heatmap(...)``).
 """
 
-from . import compare, diagnostics
+from . import compare, diagnostics, latent
 from .core import (
     bars_with_intervals,
     block_grid,
@@ -38,6 +39,7 @@ from .core import (
 __all__ = [
     "compare",
     "diagnostics",
+    "latent",
     "bars_with_intervals",
     "block_grid",
     "by_layer",

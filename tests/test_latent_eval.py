@@ -1,0 +1,257 @@
+"""Notebook 04's evaluation: each hard-token baseline on a hand-worked example, the article-level split,
+SQuAD offset and encoding checks (issue 14), the context bootstrap, and the notebook end to end
+(including a saved checkpoint evaluated on another file)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_notebook_smoke
+
+from utils.latent import select, split
+from utils.latent.metric import bootstrap_ci, context_bootstrap_ci, paired_context_bootstrap
+from utils.latent.squad import SquadFormatError, load_squad_json, make_synthetic_squad, parse_squad
+
+
+def test_lead_and_random_keep_order():
+    assert select.lead_positions(10, 3) == [0, 1, 2]
+    assert select.budget(10, 4) == 3 and select.budget(1, 4) == 1 and select.budget(12, 4) == 3
+    g = torch.Generator().manual_seed(0)
+    pos = select.random_positions(20, 6, g)
+    assert len(set(pos)) == 6 and pos == sorted(pos) and all(0 <= p < 20 for p in pos)
+    ids = torch.arange(100, 120)
+    assert ids[pos].tolist() == sorted(ids[pos].tolist())  # kept tokens in context order
+
+
+def test_oracle_window_contains_the_answer():
+    # 20 tokens, M = 5, answer tokens 12..13: centred window 10..14
+    assert select.oracle_window(20, 5, 12, 14) == [10, 11, 12, 13, 14]
+    # answer at the very end: the window is pushed inside the context
+    assert select.oracle_window(20, 5, 18, 20) == [15, 16, 17, 18, 19]
+    # answer at the start
+    assert select.oracle_window(20, 5, 0, 1) == [0, 1, 2, 3, 4]
+    # a 4-token answer in a 5-token window off-centre still fits whole
+    w = select.oracle_window(30, 5, 7, 11)
+    assert w[0] <= 7 and w[-1] >= 10 and len(w) == 5
+    for n, M, a, b in [(50, 7, 3, 6), (50, 7, 44, 50), (9, 9, 0, 9), (40, 3, 20, 21)]:
+        w = select.oracle_window(n, M, a, b)
+        assert len(w) == M and set(range(a, b)) <= set(w) and w == list(range(w[0], w[0] + M))
+
+
+def test_classifier_top_m_and_segment_argmax_are_in_order():
+    s = [0.1, 0.9, 0.3, 0.8, 0.2, 0.95]
+    assert select.top_m_in_order(s, 3) == [1, 3, 5]  # the three largest, in context order
+    assert select.top_m_in_order([1.0, 1.0, 1.0], 2) == [0, 1]  # ties: earlier first
+    # segments of 6 into 3: [0,1] [2,3] [4,5] -> argmax per segment
+    assert select.segment_bounds(6, 3) == [(0, 2), (2, 4), (4, 6)]
+    assert select.segment_argmax(s, 3) == [1, 3, 5]
+    assert select.segment_bounds(7, 3) == [(0, 2), (2, 4), (4, 7)]
+
+
+def test_question_aware_baselines_hand_worked(tiny_llama_dir):
+    ctx = "Paris is big. The river Seine flows north. Cats sleep."
+    # one token per character span of each word, built by hand
+    words = [(m.start(), m.end()) for m in select.WORD.finditer(ctx)]
+    q = "Which river flows north?"
+    # BM25: the second sentence holds every question word; with M = 3 only its first 3 tokens survive
+    pos = select.bm25_positions(words, ctx, q, 3)
+    assert [ctx[words[i][0] : words[i][1]] for i in pos] == ["The", "river", "Seine"]
+    # with room for more, the best sentence comes whole and the next best fills the rest, in context order
+    pos = select.bm25_positions(words, ctx, q, 7)
+    assert len(pos) == 7 and pos == sorted(pos) and set(range(3, 8)) <= set(pos)
+    tw = select.token_words(words, ctx)
+    assert select.overlap_window(tw, q, 3) == [4, 5, 6]  # river Seine flows: 2 hits (north is outside)
+    assert select.overlap_window(tw, q, 4) == [4, 5, 6, 7]  # river Seine flows north: 3 hits
+
+
+def _articles(n_articles=5, per=3):
+    arts = []
+    for a in range(n_articles):
+        d = make_synthetic_squad(per, seed=100 + a, title=f"art{a}")
+        for p in d["data"][0]["paragraphs"]:
+            for q in p["qas"]:
+                q["id"] = f"a{a}-{q['id']}"
+        arts.append(d["data"][0])
+    return {"version": "1.1", "data": arts}
+
+
+def test_article_split_has_no_overlap():
+    ex, _ = parse_squad(_articles())
+    s = split.article_split(ex, min_eval_questions=20, n_dev_articles=1, seed=3)
+    assert len(s.eval) >= 20 and set(s.titles("eval")).isdisjoint(s.titles("train") + s.titles("dev"))
+    d = split.check_disjoint(s)
+    assert d["eval_questions"] == len(s.eval) and d["train_questions"] + d["dev_questions"] + len(s.eval) == len(ex)
+    s.train.append(s.eval[0])  # a leak is caught
+    with pytest.raises(AssertionError, match="evaluation article"):
+        split.check_disjoint(s)
+    with pytest.raises(ValueError, match="lower min_eval_questions"):
+        split.article_split(ex, min_eval_questions=10_000)
+
+
+def test_real_sample_split_has_900_questions_and_no_overlap(squad_sample):
+    ex, _ = load_squad_json(squad_sample)
+    s = split.article_split(ex, 900, 1, seed=0)
+    d = split.check_disjoint(s)
+    assert d["eval_questions"] >= 900
+    assert not ({e.context for e in s.eval} & {e.context for e in s.train + s.dev})
+    assert not ({e.id for e in s.eval} & {e.id for e in s.train + s.dev})
+
+
+def test_squad_offsets_are_validated_and_bad_records_named(tmp_path):
+    """issue 14: an answer_start beyond or off the context rejects the record, naming its id; a non-integer
+    answer_start is an error naming the record; a non-UTF-8 file names the file and the byte offset."""
+    obj = {
+        "data": [
+            {
+                "title": "t",
+                "paragraphs": [
+                    {
+                        "context": "Paris is in France.",
+                        "qas": [
+                            {"id": "good", "question": "Where?", "answers": [{"text": "France", "answer_start": 12}]},
+                            {
+                                "id": "beyond",
+                                "question": "Where?",
+                                "answers": [{"text": "France", "answer_start": 400}],
+                            },
+                            {
+                                "id": "shifted",
+                                "question": "Where?",
+                                "answers": [{"text": "France", "answer_start": 11}],
+                            },
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+    with pytest.warns(UserWarning, match="rejected 2 question.*beyond, shifted"):
+        ex, st = parse_squad(obj)
+    assert [e.id for e in ex] == ["good"] and st["rejected_offsets"] == ["beyond", "shifted"]
+    obj["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = "12"
+    with pytest.raises(SquadFormatError, match=r"qas\[0\].answers\[0\] \(id 'good'\).*must be an integer.*'12'"):
+        parse_squad(obj)
+    p = tmp_path / "latin1.json"
+    p.write_bytes(b'{"data": [], "note": "caf\xe9"}')  # latin-1 e-acute at byte 25
+    with pytest.raises(SquadFormatError, match=r"latin1.json is not UTF-8 text: byte offset 25 \(0xe9\)"):
+        load_squad_json(p)
+
+
+def test_budget_warning_when_m_is_not_below_the_context():
+    from utils.latent.experiment import budget_warning
+
+    assert budget_warning([100, 40], [4, 10]) is None
+    w = budget_warning([1, 100, 1], [4, 10])
+    assert "2 context(s) at r=4" in w and "2 context(s) at r=10" in w
+
+
+def test_context_bootstrap():
+    rng = np.random.default_rng(0)
+    v = rng.random(300)
+    # one question per context: the same resampling as the question bootstrap
+    assert context_bootstrap_ci(v, np.arange(300), n_boot=500, seed=4) == pytest.approx(
+        bootstrap_ci(v, n_boot=500, seed=4)
+    )
+    # five identical questions per context: 60 independent units, the interval is ~sqrt(5) wider
+    rep = np.repeat(v[:60], 5)
+    w_ctx = np.diff(context_bootstrap_ci(rep, np.repeat(np.arange(60), 5), n_boot=4000, seed=1)[1:])[0]
+    w_q = np.diff(bootstrap_ci(rep, n_boot=4000, seed=1)[1:])[0]
+    assert w_ctx / w_q == pytest.approx(np.sqrt(5), rel=0.15)
+    d = paired_context_bootstrap(rep + 0.1, rep, np.repeat(np.arange(60), 5), n_boot=200)
+    assert d["diff"] == pytest.approx(10.0) and d["lo"] == pytest.approx(10.0) and d["p_le_0"] == 0.0
+
+
+def _squad_f1(pred: str, gold: str) -> float:
+    """SQuAD v1.1 F1 written independently of utils.latent.metric (official normalisation)."""
+    import re
+    import string
+
+    def norm(s):
+        s = "".join(c for c in s.lower() if c not in set(string.punctuation))
+        return re.sub(r"\b(a|an|the)\b", " ", s).split()
+
+    p, g = norm(pred), norm(gold)
+    common = sum(min(p.count(w), g.count(w)) for w in set(p))
+    if common == 0:
+        return 0.0
+    prec, rec = common / len(p), common / len(g)
+    return 2 * prec * rec / (prec + rec)
+
+
+SMOKE = dict(
+    ratios="4,10",
+    seeds="0",
+    max_new_tokens=3,
+    hidden_layers="0,1",
+    d_enc=16,
+    salience_steps=2,
+    recall_steps=1,
+    qa_steps=1,
+    train_batch_size=4,
+    kd_topk=4,
+    n_boot=50,
+    recall_per_context=1,
+    min_eval_questions=10,
+)
+
+
+def test_notebook_trains_then_a_checkpoint_on_another_file_reproduces_its_scores(tiny_llama_dir, tmp_path):
+    data = _articles(4, 2)
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps(data))
+    out = run_notebook_smoke(
+        "04_latent_compression_eval",
+        dict(SMOKE, model=str(tiny_llama_dir), data=str(a), checkpoint=""),
+        tmp_path,
+        run_name="train",
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    report = (out / "report.md").read_text()
+    first_table = report[report.index("| mode |") :].split("\n\n")[0]
+    assert "| latent | QA-free | 1 |" in first_table and "F1 r=10" in first_table and "Verdict:" in report
+    # independent check of one reported F1: lead-M at r=4 recomputed from its predictions
+    ex, _ = parse_squad(data)
+    by_id = {e.id: e for e in ex}
+    eval_ids = sorted((e for e in ex if e.title in m["data"]["eval_articles"]), key=lambda e: e.title)
+    lead = next(r for r in rows if r["mode"] == "lead" and r["ratio"] == 4.0)
+    f1 = [max(_squad_f1(p, g) for g in by_id[e.id].answers) for p, e in zip(lead["predictions"], eval_ids)]
+    s = next(x for x in m["summary"] if x["mode"] == "lead" and x["ratio"] == 4.0)
+    assert s["f1"] == pytest.approx(100 * np.mean(f1), abs=1e-9)
+    # the eval articles alone, in another file and another order: the saved compressor reproduces every score
+    b = tmp_path / "b.json"
+    b.write_text(
+        json.dumps(
+            {"version": "1.1", "data": [x for x in data["data"][::-1] if x["title"] in m["data"]["eval_articles"]]}
+        )
+    )
+    out2 = run_notebook_smoke(
+        "04_latent_compression_eval",
+        dict(SMOKE, model=str(tiny_llama_dir), data=str(b), checkpoint=str(out / "ckpt_seed0")),
+        tmp_path,
+        run_name="reuse",
+    )
+    rows2 = {(r["mode"], r["ratio"]): r for r in map(json.loads, (out2 / "results.jsonl").read_text().splitlines())}
+    assert len(rows2) == len(rows)
+    for r in rows:
+        assert rows2[(r["mode"], r["ratio"])]["predictions"] == r["predictions"], r["mode"]
+        assert rows2[(r["mode"], r["ratio"])]["f1_per"] == r["f1_per"]
+    assert "without training" in (out2 / "report.md").read_text()
+
+
+def test_shipped_compressor_loads_and_auto_picks_it_only_for_its_reader():
+    from utils.latent import compressor
+    from utils.latent.experiment import SHIPPED, resolve_checkpoint
+
+    assert resolve_checkpoint("auto", "some/other/model") == "" and resolve_checkpoint("x", "smollm2") == "x"
+    if not (SHIPPED / "config.json").is_file():
+        pytest.skip("no shipped compressor")
+    assert resolve_checkpoint("auto", "smollm2") == str(SHIPPED)
+    mods, _, meta = compressor.load_bundle(SHIPPED)
+    assert set(mods) == set(compressor.KINDS) and meta["d_model"] == 576 and meta["model"] == "smollm2"
+    assert sum(f.stat().st_size for f in SHIPPED.iterdir()) < 5e6
+    # it never saw an evaluation article of the default split of the shared sample
+    assert not {"Warsaw", "Black_Death", "Packet_switching", "1973_oil_crisis", "Geology", "Teacher"} & set(
+        meta["seen_titles"]
+    )
