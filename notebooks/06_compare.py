@@ -100,8 +100,9 @@ else:
 # %% [markdown]
 # ## Latent compression (notebook 04)
 #
-# F1 of every context mode against its compression (context tokens per vector or token in the
-# context slot): `text` and `text_embed` sit at compression 1, the compressed modes at their M.
+# F1 of every context mode against the compression ratio r (M = ceil(T / r) slots for a context of T
+# tokens), with the context-bootstrap intervals; no context (the floor) and the full context (the
+# reference) do not depend on r and are drawn as horizontal lines.
 
 # %%
 lat = compare.latent_points(found)
@@ -110,7 +111,7 @@ if lat.empty:
 else:
     run.save_csv(lat, "latent_f1.csv")
     run.show(plots.compare.f1_vs_compression(lat), "f1_vs_compression.png",
-             caption="Higher and further right is better: a mode that keeps its F1 as compression grows loses little by replacing the context with vectors.")
+             caption="A mode near the full-context line keeps what the context gave; one near the no-context line keeps nothing. Higher at larger r is better.")
 
 # %% [markdown]
 # ## Spectral dynamics (notebook 05)

@@ -219,6 +219,16 @@ def test_notebook_trains_then_a_checkpoint_on_another_file_reproduces_its_scores
     f1 = [max(_squad_f1(p, g) for g in by_id[e.id].answers) for p, e in zip(lead["predictions"], eval_ids)]
     s = next(x for x in m["summary"] if x["mode"] == "lead" and x["ratio"] == 4.0)
     assert s["f1"] == pytest.approx(100 * np.mean(f1), abs=1e-9)
+    # the comparison notebook (06) reads this run's results: every evaluated (mode, ratio), the same F1
+    from utils import plots
+    from utils.compare import find_runs, latent_points
+
+    pts = latent_points(find_runs(out.parent.parent, runs=str(out)))
+    assert len(pts) == len(m["summary"]) and set(pts["mode"]) == {x["mode"] for x in m["summary"]}
+    got = pts[(pts["mode"] == "lead") & (pts.compression == 4.0)]
+    assert got.f1.item() == pytest.approx(s["f1"], abs=1e-12) and not got.reference.item()
+    assert pts[pts["mode"] == "anchor"].reference.all()
+    plots.compare.f1_vs_compression(pts)
     # the eval articles alone, in another file and another order: the saved compressor reproduces every score
     b = tmp_path / "b.json"
     b.write_text(

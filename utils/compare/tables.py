@@ -156,23 +156,27 @@ def rescale_twin_sentence(table: pd.DataFrame) -> str:
 
 # ----------------------------------------------------------------------------- 04 latent compression
 def latent_points(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per 04 run and mode: M, compression ratio (context tokens per slot), F1 and its 95% interval."""
+    """Per 04 run, mode and compression ratio r: F1 with its 95% context-bootstrap interval,
+    teacher-normalised F1 and the track; ``reference`` marks the modes that do not depend on r (no
+    context, the full-context anchor). Rows of evaluations that did not run are left out."""
+    reference = {"no_context", "anchor"}
 
     def read(p, r):
         m = json.loads(p.read_text())
-        rows = []
-        for mode, v in m.get("modes", {}).items():
-            lo, hi = v.get("f1_ci", [np.nan, np.nan])
-            rows.append(
-                {
-                    "mode": mode,
-                    "M": r.params.get("M"),
-                    "compression": v.get("compression_ratio"),
-                    "f1": v.get("f1"),
-                    "f1_lo": lo,
-                    "f1_hi": hi,
-                }
-            )
+        rows = [
+            {
+                "mode": row["mode"],
+                "track": row.get("track"),
+                "compression": row["ratio"],
+                "f1": row["f1"],
+                "f1_lo": row.get("f1_lo", np.nan),
+                "f1_hi": row.get("f1_hi", np.nan),
+                "norm_f1": row.get("norm_f1", np.nan),
+                "reference": row["mode"] in reference,
+            }
+            for row in m.get("summary", [])
+            if row.get("f1") is not None and np.isfinite(row["f1"])
+        ]
         return pd.DataFrame(rows)
 
     return _read(runs, "04", "metrics.json", read)

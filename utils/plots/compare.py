@@ -112,19 +112,24 @@ def rescale_residuals(table: pd.DataFrame):
 
 
 def f1_vs_compression(points: pd.DataFrame):
-    """Latent F1 against compression (context tokens per slot, log axis), one colour per mode, one
-    marker per model, with the 95% bootstrap intervals."""
+    """F1 against the compression ratio r (log axis), one colour per mode, one marker per model, with
+    the 95% context-bootstrap intervals; the modes that do not depend on r (no context, the full
+    context) are horizontal lines in their colour."""
     use_style()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     modes = list(dict.fromkeys(points["mode"]))
     colours = dict(zip(modes, sns.color_palette("tab10", len(modes))))
     markers = dict(zip(dict.fromkeys(points.model), "osD^vP*X"))
+    styles = dict(zip(dict.fromkeys(points.model), ["--", ":", "-.", (0, (1, 4))] * 2))
     for (mode, model), g in points.groupby(["mode", "model"], sort=False):
+        if bool(g.reference.iloc[0]):
+            ax.axhline(g.f1.mean(), color=colours[mode], ls=styles[model], lw=1, label=f"{mode} ({model})")
+            continue
         g = g.sort_values("compression")
         ax.errorbar(g.compression, g.f1, yerr=[g.f1 - g.f1_lo, g.f1_hi - g.f1], color=colours[mode],
                     marker=markers[model], ms=5, capsize=3, lw=1, label=f"{mode} ({model})")  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel("compression (context tokens per slot)")
+    ax.set_xlabel("compression ratio r (context tokens per slot)")
     ax.set_ylabel("F1")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
