@@ -1,6 +1,9 @@
 """The notebook-04 experiment: cached features, per-seed training with checkpoints, and every mode at
 every ratio over the evaluation questions, stored as it goes so a long run can resume.
 
+About 450 lines: the one place where data, training and evaluation of notebook 04 meet; the
+pieces (split, selection, caches, compressor, training, report) are modules of their own.
+
 Modes (:data:`MODES`), all with the same scaffold, the same anchor and, at ratio r, the same
 M = ceil(context tokens / r) per context:
 

@@ -3,6 +3,9 @@
 Statistical figures go through seaborn (heatmaps, bars, distributions); the style is seaborn's
 ``whitegrid`` theme, set once by :func:`use_style`. Each function returns the matplotlib figure
 (to pass to :meth:`utils.running.Run.show`), never shows or saves it itself.
+
+About 400 lines because it is the one home of every figure more than one notebook draws; the
+figures of a single analysis live beside it (:mod:`.diagnostics`, :mod:`.compare`, :mod:`.latent`).
 """
 
 from __future__ import annotations

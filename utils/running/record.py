@@ -4,6 +4,9 @@ Every notebook calls :func:`start_run` once, right after its parameters cell::
 
     run = start_run("01_weight_ranks", globals(), positive=("top_k",))
 
+(About 400 lines: :class:`Run` is the one object a notebook talks to, so staging, the record and
+the report calls stay together; parsing, paths and report assembly are in their own modules.)
+
 which reads the notebook's ``parameters`` cell, converts every parameter in ``globals()`` to its
 declared type (writing the converted value back), checks the shared rules, and opens the run
 folder. Then::

@@ -1,5 +1,8 @@
 """Run a notebook headless with parameters into a staged run folder, or list its parameters.
 
+About 430 lines because the supervisor, its signal handling and the staging swap must agree on
+one sequence of states; the kernel-side child is :mod:`.child`.
+
     python -m utils.run_notebook notebooks/01_weight_ranks.py --run-name smollm2 -p layer_idx 12
     python -m utils.run_notebook 01 --list-params
 

@@ -1,5 +1,8 @@
 """Running a sweep: every run a task on a Dask cluster, through the headless runner.
 
+About 400 lines because planning, submitting, interrupting and indexing a sweep share its state;
+the file format and the index writer are in :mod:`.spec` and :mod:`.index`.
+
 :func:`run_sweep` plans the runs of a :class:`~utils.sweep.spec.Sweep`, skips those already complete
 with the same parameters, and submits the others to Dask (``dask.distributed``):
 
