@@ -107,10 +107,12 @@ def paired_bootstrap_ci(
     return {"diff": float(d.mean() * scale), "lo": float(lo), "hi": float(hi), "p_le_0": float((means <= 0).mean())}
 
 
-def _cluster_sums(values, clusters):
-    v = np.asarray(values, float)
+def _context_resampled_means(values: np.ndarray, clusters, n_boot: int, seed: int, scale: float) -> np.ndarray:
+    """``scale * mean(values)`` over ``n_boot`` resamples of whole clusters (each with all its values)."""
     _, inv = np.unique(np.asarray(clusters), return_inverse=True)
-    return np.bincount(inv, weights=v), np.bincount(inv).astype(float)
+    s, n = np.bincount(inv, weights=values), np.bincount(inv).astype(float)
+    idx = np.random.default_rng(seed).integers(0, s.size, size=(n_boot, s.size))
+    return s[idx].sum(1) / n[idx].sum(1) * scale
 
 
 def context_bootstrap_ci(
@@ -129,9 +131,7 @@ def context_bootstrap_ci(
     v = np.asarray(values, float)
     if v.size == 0:
         return (float("nan"),) * 3
-    s, n = _cluster_sums(v, clusters)
-    idx = np.random.default_rng(seed).integers(0, s.size, size=(n_boot, s.size))
-    means = s[idx].sum(1) / n[idx].sum(1) * scale
+    means = _context_resampled_means(v, clusters, n_boot, seed, scale)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(v.mean() * scale), float(lo), float(hi)
 
@@ -152,12 +152,11 @@ def paired_context_bootstrap(
         raise ValueError(f"paired bootstrap needs equal shapes, got {a.shape} and {b.shape}")
     if a.size == 0:
         return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "p_le_0": float("nan")}
-    s, n = _cluster_sums(a - b, clusters)
-    idx = np.random.default_rng(seed).integers(0, s.size, size=(n_boot, s.size))
-    means = s[idx].sum(1) / n[idx].sum(1) * scale
+    d = a - b
+    means = _context_resampled_means(d, clusters, n_boot, seed, scale)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return {
-        "diff": float((a - b).mean() * scale),
+        "diff": float(d.mean() * scale),
         "lo": float(lo),
         "hi": float(hi),
         "p_le_0": float((means <= 0).mean()),
