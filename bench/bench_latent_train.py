@@ -44,16 +44,15 @@ def uncached_loss(llm, comp, cfg, ts, items, ratio, scaffold, pad_id):
         H = torch.stack(cache.hidden_states(llm, ids, mask, cfg.layers), 2).float()
         E = prompts.embed_ids(llm, ids).float()
     vecs, s = comp(H, E, mask.to(dev), ratio)
-    tail = [scaffold.anchor_ids]
     answers = [it[2] for it in items]
     lg, tg, va = cache.teacher_forced_logits(
-        llm, None, [[scaffold.pre_ids, v, it[1], *tail] for v, it in zip(vecs, items)], answers, pad_id
+        llm, None, [[scaffold.pre_ids, v, it[1]] for v, it in zip(vecs, items)], answers, pad_id
     )
     with torch.no_grad():
         tlg, _, _ = cache.teacher_forced_logits(
             llm,
             None,
-            [[scaffold.pre_ids, c, it[1], *tail] for c, it in zip(ctx, items)],
+            [[scaffold.pre_ids, c, it[1]] for c, it in zip(ctx, items)],
             [a[: cfg.K] for a in answers],
             pad_id,
         )
@@ -113,7 +112,7 @@ def main():
         return run
 
     before, pb = timed(step(lambda: uncached_loss(llm, comp, cfg, ts, items, a.ratio, sc, pad)), a.steps)
-    after, pa = timed(step(lambda: train.lm_loss(llm, comp, cfg, ts, items, a.ratio, pk, sc.anchor_ids, pad)), a.steps)
+    after, pa = timed(step(lambda: train.lm_loss(llm, comp, cfg, ts, items, a.ratio, pk, pad)), a.steps)
     ctx = sum(ts.ctx_ids[it[0]].shape[0] for it in items) / len(items)
     print(
         f"model {a.model}, {src}, batch {a.batch}, r = {a.ratio:g}, mean context {ctx:.0f} tokens, prefix "

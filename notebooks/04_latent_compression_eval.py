@@ -178,7 +178,7 @@ else:
     with run.timer("train"):
         for s in seed_list:  # whole seeds only: no seed starts after the budget
             if s not in seeds_modules and (deadline is None or time.monotonic() < deadline):
-                seeds_modules[s] = experiment.train_seed(llm, ts, cfg, s, prefix, scaffold.anchor_ids, pad_id,
+                seeds_modules[s] = experiment.train_seed(llm, ts, cfg, s, prefix, pad_id,
                                                          run.path(f"ckpt_seed{s}"), base_meta, resume,
                                                          log=lambda rec: append_jsonl(log_path, rec), progress=progress)
     with run.timer("evaluate"):

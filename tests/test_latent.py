@@ -148,16 +148,16 @@ def test_training_lowers_the_loss_and_leaves_the_reader_frozen(tiny):
     pk = cache.prefix_kv(model, sc.pre_ids)
     items = ts.qa[:4]
     with torch.no_grad():
-        l0, parts = train.lm_loss(model, comp, cfg, ts, items, 2.0, pk, sc.anchor_ids, 3)
+        l0, parts = train.lm_loss(model, comp, cfg, ts, items, 2.0, pk, 3)
     assert parts["kd"] > 0 and parts["ce"] > 0
     opt = train.make_optimizer(comp, cfg, "qa")
     for _ in range(3):
         opt.zero_grad()
-        loss, _ = train.lm_loss(model, comp, cfg, ts, items, 2.0, pk, sc.anchor_ids, 3)
+        loss, _ = train.lm_loss(model, comp, cfg, ts, items, 2.0, pk, 3)
         loss.backward()
         opt.step()
     with torch.no_grad():
-        l1, _ = train.lm_loss(model, comp, cfg, ts, items, 2.0, pk, sc.anchor_ids, 3)
+        l1, _ = train.lm_loss(model, comp, cfg, ts, items, 2.0, pk, 3)
     assert float(l1) < float(l0)
     assert all(not p.requires_grad for p in model.parameters())
 
@@ -172,7 +172,7 @@ def test_checkpoint_resume_refuses_other_config_and_names_a_truncated_file(tiny,
     d = model.get_input_embeddings().weight.shape[1]
     meta = {"target_rms": prompts.token_embedding_rms(model), "d_model": d, "seen_titles": [], "seen_contexts": []}
     log = []
-    mods = train_seed(model, ts, cfg, 0, pk, sc.anchor_ids, 3, tmp_path / "ck", meta, resume=False, log=log.append)
+    mods = train_seed(model, ts, cfg, 0, pk, 3, tmp_path / "ck", meta, resume=False, log=log.append)
     assert [r["phase"] for r in log if r["kind"] == "latent"] == ["salience"] * 3 + ["recall"] * 2 + ["qa"] * 2
     back, _, saved = compressor.load_bundle(tmp_path / "ck")
     assert saved["progress"] == {"latent": 7, "pool_adapter": 4, "classifier": 7}
@@ -186,16 +186,16 @@ def test_checkpoint_resume_refuses_other_config_and_names_a_truncated_file(tiny,
         torch.testing.assert_close(small["latent"].state_dict()[name], v, rtol=1e-3, atol=1e-3)
     # resuming a finished run trains nothing more
     log2 = []
-    train_seed(model, ts, cfg, 0, pk, sc.anchor_ids, 3, tmp_path / "ck", meta, resume=True, log=log2.append)
+    train_seed(model, ts, cfg, 0, pk, 3, tmp_path / "ck", meta, resume=True, log=log2.append)
     assert log2 == []
     # issue 14: a resume with another configuration is refused, naming the fields and the fix
     with pytest.raises(compressor.CheckpointError, match=r"d_enc: checkpoint 16, now 32.*resume=false"):
-        train_seed(model, ts, _cfg(d_enc=32), 0, pk, sc.anchor_ids, 3, tmp_path / "ck", meta, resume=True)
+        train_seed(model, ts, _cfg(d_enc=32), 0, pk, 3, tmp_path / "ck", meta, resume=True)
     # issue 14: a truncated checkpoint says what is wrong and how to fix it, not torch's zip message
     f = tmp_path / "ck" / "latent.pt"
     f.write_bytes(f.read_bytes()[:100])
     with pytest.raises(compressor.CheckpointError, match=r"latent.pt is truncated or corrupt.*resume=false"):
-        train_seed(model, ts, cfg, 0, pk, sc.anchor_ids, 3, tmp_path / "ck", meta, resume=True)
+        train_seed(model, ts, cfg, 0, pk, 3, tmp_path / "ck", meta, resume=True)
 
 
 def test_early_stopped_hidden_states_match_output_hidden_states(tiny):
@@ -217,3 +217,30 @@ def test_early_stopped_hidden_states_match_output_hidden_states(tiny):
             0, enc[0].context.shape[0] :
         ]
     torch.testing.assert_close(echo[:, 0].float(), ref2, rtol=1e-2, atol=1e-2)
+
+
+def test_training_prompt_is_the_evaluation_prompt(tiny, monkeypatch):
+    """A training step reads the slots and the question ids as evaluation does: one anchor, not two."""
+    from utils.latent import experiment
+
+    model, tok, sc, ex, enc = tiny
+    cfg = _cfg()
+    ts = _trainset(model, tok, sc, ex, cfg)
+    d = model.get_input_embeddings().weight.shape[1]
+    comp = compressor.build("latent", d, cfg, prompts.token_embedding_rms(model))
+    seen = []
+
+    def capture(llm, prefix, prompt_parts, answers, pad_id):
+        seen.extend(prompt_parts)
+        return real(llm, prefix, prompt_parts, answers, pad_id)
+
+    real = train.teacher_forced_logits
+    monkeypatch.setattr(train, "teacher_forced_logits", capture)
+    items = ts.qa[:2]
+    with torch.no_grad():
+        train.lm_loss(model, comp, cfg, ts, items, 2.0, cache.prefix_kv(model, sc.pre_ids), 3)
+    for parts, e in zip(seen, ex[: len(items)]):
+        assert len(parts) == 2 and torch.equal(parts[1], experiment.question_ids(sc, e.question, cfg.anchored))
+        ids = parts[1].tolist()
+        a = sc.anchor_ids.tolist()
+        assert ids[-len(a) :] == a and ids[-2 * len(a) : -len(a)] != a  # ends with exactly one anchor

@@ -99,13 +99,16 @@ def label_loss(scores: torch.Tensor, mask: torch.Tensor, labels: Sequence[torch.
     return F.binary_cross_entropy_with_logits(scores[m], y[m])
 
 
-def lm_loss(llm, comp, cfg: TrainConfig, ts: TrainSet, items, ratio: float, prefix: KV, anchor, pad_id: int):
-    """Loss of one LM batch (``items``: qa or recall tuples) and its parts (floats)."""
+def lm_loss(llm, comp, cfg: TrainConfig, ts: TrainSet, items, ratio: float, prefix: KV, pad_id: int):
+    """Loss of one LM batch (``items``: qa or recall tuples) and its parts (floats).
+
+    The prompt is what evaluation reads: the slots, then the question ids, which already end with the
+    anchor (:func:`utils.latent.experiment.question_ids`).
+    """
     dev = comp.target_rms.device
     H, E, mask = context_batch(llm, ts, [it[0] for it in items], dev)
     vecs, s = comp(H, E, mask, ratio)
-    tail = [anchor] if cfg.anchored and anchor.numel() else []
-    prompts = [[v, it[1], *tail] for v, it in zip(vecs, items)]
+    prompts = [[v, it[1]] for v, it in zip(vecs, items)]
     answers = [it[2] for it in items]
     lg, tg, va = teacher_forced_logits(llm, prefix.expand(len(items)), prompts, answers, pad_id)
     logp = torch.log_softmax(lg.float(), -1)
@@ -160,7 +163,6 @@ def train_module(
     cfg: TrainConfig,
     ts: TrainSet,
     prefix: KV,
-    anchor: torch.Tensor,
     pad_id: int,
     start_step: int = 0,
     opt_state: dict | None = None,
@@ -201,7 +203,7 @@ def train_module(
         else:
             pool = ts.recall if ph == "recall" else ts.qa
             items = [pool[rng.randrange(len(pool))] for _ in range(cfg.batch_size)]
-            loss, parts = lm_loss(llm, comp, cfg, ts, items, ratio, prefix, anchor, pad_id)
+            loss, parts = lm_loss(llm, comp, cfg, ts, items, ratio, prefix, pad_id)
         loss.backward()
         params = [p for p in comp.parameters() if p.grad is not None]
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
