@@ -18,7 +18,9 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -165,3 +167,19 @@ class Transaction:
         else:
             self.abort()
         return False
+
+
+def stage_dir_for(final: Path) -> Path:
+    """A fresh hidden staging folder next to ``final``."""
+    return final.parent / f".{final.name}.staging-{uuid.uuid4().hex[:10]}"
+
+
+def swap_in(stage: Path, final: Path) -> None:
+    """Replace ``final`` by the folder ``stage`` (the old one is removed after the swap)."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:10]}"
+        os.replace(final, old)
+    os.replace(stage, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

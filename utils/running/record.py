@@ -36,11 +36,18 @@ import os
 import platform
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, json_text, write_jsonl
+from ..files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    json_text,
+    stage_dir_for,
+    swap_in,
+    write_jsonl,
+)
 from .params import check_choice, check_nonnegative, check_positive, coerce_all, notebook_parameters
 from .paths import check_run_name, notebook_source, output_root, run_dir
 from .report import assemble, df_to_md, markdown_to_html, md_table, normalize_code, source_cells
@@ -83,22 +90,6 @@ def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     except ImportError:  # pragma: no cover
         pass
     return out
-
-
-def stage_dir_for(final: Path) -> Path:
-    """A fresh hidden staging folder next to ``final``."""
-    return final.parent / f".{final.name}.staging-{uuid.uuid4().hex[:10]}"
-
-
-def swap_in(stage: Path, final: Path) -> None:
-    """Replace ``final`` by the folder ``stage`` (the old one is removed after the swap)."""
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:10]}"
-        os.replace(final, old)
-    os.replace(stage, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _pid_alive(pid) -> bool:

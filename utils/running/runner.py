@@ -47,10 +47,11 @@ import time
 import uuid
 from pathlib import Path
 
+from ..files import stage_dir_for, swap_in
 from .params import ParameterError, coerce_all, notebook_parameters
 from .paths import PROJECT_ROOT, check_run_name, find_notebook, run_dir
 from .paths import output_root as resolve_output_root
-from .record import GROUP_ENV, STAGE_ENV, clean_stale_stages, stage_dir_for, swap_in, utc_now
+from .record import GROUP_ENV, STAGE_ENV, clean_stale_stages, utc_now
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (transformer-spectra)", "language": "python"}
 CHILD_ERROR = ".child-error.json"

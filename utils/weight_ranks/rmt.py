@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..spectral import effective_rank, gram_svdvals, stable_rank
 from ..spectral.null import derived_seed, matrix_key, permute_entries, ratio
@@ -94,7 +93,7 @@ class RMTColumns:
         if not self.null:
             return out
         Wp = permute_entries(W, s)
-        S0 = gram_svdvals(Wp if Wp.dtype in (torch.float32, torch.float64) else Wp.float())
+        S0 = gram_svdvals(Wp)  # converted block by block, as the sweep's own spectrum
         null = spectrum_columns(S0, ref.shape, self.policy, 0, s)
         out.update(
             null_eff_rank=float(effective_rank(S0)),
@@ -122,9 +121,7 @@ def rmt_sweep(src, null: bool = True, seed: int = 0, n_boot: int = 0, policy: st
     null_spectra = {}
     if NULL_SV in df:
         null_spectra = {n: np.asarray(v, dtype=np.float64) for n, v in zip(df["name"], df[NULL_SV])}
-        attrs = dict(df.attrs)
         df = df.drop(columns=[NULL_SV])
-        df.attrs.update(attrs)
     return with_null_ratios(df), spectra, null_spectra
 
 

@@ -22,12 +22,13 @@ import os
 import shutil
 import struct
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
+
+from ..files import stage_dir_for, swap_in
 
 INDEX_NAME = "model.safetensors.index.json"
 MAX_HEADER_BYTES = 100 << 20  # the format's own limit
@@ -45,7 +46,6 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
 }
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 REDOWNLOAD = "re-download this shard (or re-save the checkpoint)"
 
 
@@ -265,7 +265,7 @@ def write_checkpoint(
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp = stage_dir_for(folder)
     tmp.mkdir()
     try:
         shards = plan_shards(tensors, max_shard_bytes)
@@ -291,9 +291,7 @@ def write_checkpoint(
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for fname, text in (extra_files or {}).items():
             (tmp / fname).write_text(text)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        swap_in(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

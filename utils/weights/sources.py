@@ -55,7 +55,7 @@ class ModelDims:
         return asdict(self)
 
 
-def _dims_from_hf_config(cfg: dict, family: str) -> ModelDims:
+def dims_from_hf_config(cfg: dict, family: str) -> ModelDims:
     if family == "gpt2":
         d, h = cfg["n_embd"], cfg["n_head"]
         return ModelDims(
@@ -75,9 +75,6 @@ def _dims_from_hf_config(cfg: dict, family: str) -> ModelDims:
     )
 
 
-dims_from_hf_config = _dims_from_hf_config  # the public name (utils.weights.random_init)
-
-
 def get_model_dims(obj) -> ModelDims:
     """Dimensions of a :class:`WeightSource`, a spec string, a transformers model or config."""
     if isinstance(obj, WeightSource):
@@ -88,7 +85,7 @@ def get_model_dims(obj) -> ModelDims:
     cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     if "text_config" in cfg_dict and "num_hidden_layers" not in cfg_dict:
         cfg_dict = cfg_dict["text_config"]
-    return _dims_from_hf_config(cfg_dict, family_of(cfg_dict.get("model_type", "?"), "model config"))
+    return dims_from_hf_config(cfg_dict, family_of(cfg_dict.get("model_type", "?"), "model config"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,7 +203,7 @@ class HFWeights(WeightSource):
         if "text_config" in self.config and "num_hidden_layers" not in self.config:
             self.config = {**self.config["text_config"], "model_type": self.config["text_config"].get("model_type")}
         self.family = family_of(self.config.get("model_type", "<missing model_type>"), str(cfg_path))
-        self.dims = _dims_from_hf_config(self.config, self.family)
+        self.dims = dims_from_hf_config(self.config, self.family)
         self.name = name or self.config.get("_name_or_path") or self.path.name
         if not self.name or self.name.startswith(("/", ".")):
             self.name = self.path.name
