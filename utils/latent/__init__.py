@@ -7,7 +7,7 @@
 * :mod:`.cache`: the reader's key/values for a shared prefix, layered prefill, cached hidden states and
   teacher top-k logits (what makes a training step cheap).
 * :mod:`.select`: the hard-token baselines (lead, random, oracle window, top-M, BM25, overlap window).
-* :mod:`.evaluate`: greedy decoding grouped by context slot, answer decoding, diversity.
+* :mod:`.evaluate`: greedy decoding grouped by context slot, answer decoding.
 * :mod:`.compressor`: the trained compressors (latent, pool_adapter, classifier) and their checkpoints.
 * :mod:`.train`: token labels, recall pretraining tasks, losses and the resumable training loop.
 * :mod:`.experiment`: the modes, evaluation jobs and result store, per-seed training.

@@ -1,11 +1,9 @@
-"""Greedy decoding (plain and grouped by context slot over cached key/values), answer decoding and diversity."""
+"""Greedy decoding (plain and grouped by context slot over cached key/values), and answer decoding."""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from .cache import KV, greedy_decode, prefill
@@ -93,33 +91,6 @@ def decode_answer(tokenizer, ids: Sequence[int], anchor: str = "") -> str:
     return s
 
 
-def diversity_stats(
-    first_tokens: Sequence[int], predictions: Sequence[str], tokenizer=None, collapse_share: float = 0.5, top: int = 5
-) -> dict:
-    """Distinct first tokens / predictions and a mode-collapse flag.
-
-    ``collapsed`` is True when the most common prediction covers more than ``collapse_share`` of
-    examples (and there are at least 4 examples) or when every example gets the same first token.
-    """
-    n = len(predictions)
-    fc = Counter(int(t) for t in first_tokens)
-    pc = Counter(predictions)
-    dom_share = pc.most_common(1)[0][1] / n if n else float("nan")
-    # t < 0 marks an empty generation (the first token was a stop token)
-    first_dom = [
-        ((tokenizer.decode([t]) if t >= 0 else "<empty>") if tokenizer is not None else t, c)
-        for t, c in fc.most_common(top)
-    ]
-    return {
-        "distinct_first_tokens": len(fc),
-        "distinct_predictions": len(pc),
-        "dominant_predictions": pc.most_common(top),
-        "dominant_first_tokens": first_dom,
-        "dominant_share": dom_share,
-        "collapsed": bool(n >= 4 and (dom_share > collapse_share or len(fc) == 1)),
-    }
-
-
 def generate_grouped(
     llm,
     tokenizer,
@@ -167,10 +138,3 @@ def _newline_ids(tokenizer) -> list[tuple[int, str]]:
     """Token ids that decode to text starting with a newline (an answer ends at its first line)."""
     ids = tokenizer("\n", add_special_tokens=False)["input_ids"]
     return [(i, "\n") for i in ids[:1]]
-
-
-def agreement_rate(a: Sequence, b: Sequence) -> float:
-    """Fraction of positions where two prediction lists are equal."""
-    if len(a) != len(b):
-        raise ValueError("prediction lists differ in length")
-    return float(np.mean([x == y for x, y in zip(a, b)])) if a else float("nan")

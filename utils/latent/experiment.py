@@ -38,7 +38,7 @@ from .cache import KV, cache_hidden, teacher_topk
 from .compressor import KINDS, build, check_resumable, load_bundle, read_meta, save_bundle
 from .evaluate import generate_grouped
 from .metric import score_predictions
-from .prompts import Scaffold, embed_ids, encode, input_embedding, pad_right
+from .prompts import Scaffold, encode, input_embedding
 from .select import (
     bm25_positions,
     budget,
@@ -52,7 +52,7 @@ from .select import (
 )
 from .split import context_hash
 from .squad import QAExample
-from .train import TrainSet, recall_tasks, salience_labels, train_module
+from .train import TrainSet, context_features, recall_tasks, salience_labels, train_module
 
 MODES = (
     "no_context",
@@ -117,16 +117,6 @@ def prepare_eval(tok, scaffold: Scaffold, examples: Sequence[QAExample], anchore
         ans,
         offsets,
     )
-
-
-def context_features(llm, ctx_ids, hidden, idx, device):
-    ids, mask = pad_right([ctx_ids[i] for i in idx], 0)
-    H = torch.zeros(len(idx), ids.shape[1], *hidden[idx[0]].shape[1:])
-    for b, i in enumerate(idx):
-        H[b, : hidden[i].shape[0]] = hidden[i].float()
-    with torch.no_grad():
-        E = embed_ids(llm, ids.to(device)).float()
-    return H.to(device), E, mask.to(device)
 
 
 def slots_for(mode: str, ratio: float, ed: EvalData, llm, modules: dict | None, seed: int = 0):

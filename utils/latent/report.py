@@ -235,8 +235,8 @@ def kept_tokens_table(tok, ed, store_modules, llm, ratio: float, n: int = 4):
     """What ``latent``'s own selection and the classifier keep from the first contexts (as text)."""
     import pandas as pd
 
-    from .experiment import context_features
     from .prompts import input_embedding
+    from .train import context_features
 
     idx = list(range(min(n, len(ed.ctx_ids))))
     H, _, mask = context_features(llm, ed.ctx_ids, ed.hidden, idx, input_embedding(llm).weight.device)

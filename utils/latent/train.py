@@ -80,15 +80,23 @@ class TrainSet:
     stats: dict = field(default_factory=dict)
 
 
-def context_batch(llm, ts: TrainSet, idx: Sequence[int], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Padded hidden states (B, T, L, d), token embeddings (B, T, d) and mask for contexts ``idx``."""
-    ids, mask = pad_right([ts.ctx_ids[i] for i in idx], 0)
-    H = torch.zeros(len(idx), ids.shape[1], *ts.hidden[idx[0]].shape[1:])
+def context_features(
+    llm, ctx_ids, hidden, idx: Sequence[int], device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Padded cached hidden states (B, T, L, d), token embeddings (B, T, d) and mask for contexts ``idx``
+    (``ctx_ids`` / ``hidden``: per context, its token ids and its cached reader states)."""
+    ids, mask = pad_right([ctx_ids[i] for i in idx], 0)
+    H = torch.zeros(len(idx), ids.shape[1], *hidden[idx[0]].shape[1:])
     for b, i in enumerate(idx):
-        H[b, : ts.hidden[i].shape[0]] = ts.hidden[i].float()
+        H[b, : hidden[i].shape[0]] = hidden[i].float()
     with torch.no_grad():
         E = embed_ids(llm, ids.to(device)).float()
     return H.to(device), E, mask.to(device)
+
+
+def context_batch(llm, ts: TrainSet, idx: Sequence[int], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`context_features` of the training set's contexts ``idx``."""
+    return context_features(llm, ts.ctx_ids, ts.hidden, idx, device)
 
 
 def label_loss(scores: torch.Tensor, mask: torch.Tensor, labels: Sequence[torch.Tensor]) -> torch.Tensor:

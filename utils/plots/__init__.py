@@ -31,7 +31,6 @@ from .core import (
     shapes_across_layers,
     spectra_first_last,
     top_values_vs_step,
-    training_curves,
     use_style,
     variance_explained,
 )
@@ -56,7 +55,6 @@ __all__ = [
     "shapes_across_layers",
     "spectra_first_last",
     "top_values_vs_step",
-    "training_curves",
     "use_style",
     "variance_explained",
 ]

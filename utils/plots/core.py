@@ -304,34 +304,6 @@ def bars_with_intervals(labels: Sequence[str], values, lo, hi, ylabel: str, titl
     return fig
 
 
-def training_curves(records: dict, history: list):
-    """Per-step training losses of each trained compressor, the salience pre-training loss and the dev NLL."""
-    kinds = list(records)
-    fig, axes = grid(len(kinds) + 1, ncols=len(kinds) + 1, size=(5, 4))
-    for ax, kind in zip(axes, kinds):
-        recs = [r for r in records[kind] if r["phase"] == "lm"]
-        if recs:
-            st = [r["step"] for r in recs]
-            for key in ("loss", "tf", "first", "kce", "kd", "entropy", "salience"):
-                if any(abs(r.get(key, 0.0)) > 0 for r in recs):
-                    ax.plot(st, [r[key] for r in recs], label=key, lw=1)
-            ax.legend(fontsize=7)
-        ax.set_title(f"{kind}: training losses per step")
-        ax.set_xlabel("LM step")
-    ax = axes[-1]
-    sal = [r for k in kinds for r in records[k] if r["phase"] == "salience"]
-    if sal:
-        ax.plot([r["step"] for r in sal], [r["salience"] for r in sal], lw=1, label="salience BCE (pre-training)")
-    for kind in kinds:
-        h = [r for r in history if r.get("phase") == "train" and r["kind"] == kind]
-        if h:
-            ax.plot([r["step"] for r in h], [r["dev_nll"] for r in h], marker="o", label=f"{kind} dev NLL")
-    ax.legend(fontsize=7)
-    ax.set_title("salience pre-training / dev NLL")
-    fig.tight_layout()
-    return fig
-
-
 def loss_curves(losses: dict, ylabel: str = "training loss"):
     """Loss per run: every logged value thin, a rolling mean thick (``losses``: run -> (steps, values))."""
     use_style()
