@@ -176,7 +176,7 @@ def composition_scores(
     right = [Zd[RIGHT_FAMILY[c]] for c in COMPOSITIONS]
     layer = np.repeat(np.asarray(layers), D.h)
     if route == "gram":
-        num2 = _sq_inner_gram(Zd["ov_rows"], [Zd[RIGHT_FAMILY[c]] for c in COMPOSITIONS], layer, layer, rows)
+        num2 = _sq_inner_gram(Zd["ov_rows"], right, layer, layer, rows)
     else:
         num2 = [_sq_inner_factor(Zd["ov_rows"], Zr) for Zr in right]
     valid = layer[:, None] < layer[None, :]

@@ -101,15 +101,16 @@ def find_runs(root: Path, sweep: str = "", runs: str = "", run_name: str = "") -
     return df.reset_index(drop=True)
 
 
+def base_label(label: str) -> str:
+    """The trained model a label names: ``random:X@seed`` -> ``X``; any other label as it is."""
+    return label[len(RANDOM_PREFIX) :].split("@")[0] if label.startswith(RANDOM_PREFIX) else label
+
+
 def model_order(labels) -> list[str]:
     """Model labels in display order: each model (in order of appearance) followed by its ``random:`` twins."""
     labels = list(dict.fromkeys(labels))
-
-    def base(m):
-        return m[len(RANDOM_PREFIX) :].split("@")[0] if m.startswith(RANDOM_PREFIX) else m
-
-    bases = list(dict.fromkeys(base(m) for m in sorted(labels, key=lambda m: m.startswith(RANDOM_PREFIX))))
-    return sorted(labels, key=lambda m: (bases.index(base(m)), m.startswith(RANDOM_PREFIX), m))
+    bases = list(dict.fromkeys(base_label(m) for m in sorted(labels, key=lambda m: m.startswith(RANDOM_PREFIX))))
+    return sorted(labels, key=lambda m: (bases.index(base_label(m)), m.startswith(RANDOM_PREFIX), m))
 
 
 def unique_labels(specs: list) -> list[str]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..weights.specs import RANDOM_PREFIX
-from .runs import complete, model_order
+from .runs import base_label, complete, model_order
 
 
 def _read(runs: pd.DataFrame, prefix: str, name: str, reader) -> pd.DataFrame:
@@ -55,7 +55,7 @@ def twin_of(label: str, labels) -> str | None:
     if label.startswith(RANDOM_PREFIX):
         return None
     for other in labels:
-        if other.startswith(RANDOM_PREFIX) and other[len(RANDOM_PREFIX) :].split("@")[0] == label:
+        if other.startswith(RANDOM_PREFIX) and base_label(other) == label:
             return other
     return None
 
