@@ -170,7 +170,8 @@ if composition:
     with run.timer("composition scores"):
         cs = attention.composition_scores(src, device=device)
         if null_model:
-            cs = attention.with_null(cs, attention.composition_scores(PermutedWeights(src, null_seed, "residual")))
+            null_src = PermutedWeights(src, null_seed, "residual")
+            cs = attention.with_null(cs, attention.composition_scores(null_src, device=device))
     run.save_csv(cs.pairs(), "composition_scores.csv")
     run.show(attention.top_pairs(cs, top_pairs).round(4))
     run.show(plots.diagnostics.composition_heatmaps(cs), "composition_heatmaps.png")
@@ -178,7 +179,8 @@ if composition:
         run.show(plots.diagnostics.score_vs_null(cs), "composition_vs_null.png")
     dirs = attention.directionality_table(src, device=device)
     run.save_csv(dirs, "directionality.csv")
-    run.show(attention.directionality_summary(dirs, attention.directionality_table(PermutedWeights(src, null_seed))).round(4))
+    dirs_null = attention.directionality_table(PermutedWeights(src, null_seed), device=device) if null_model else None
+    run.show(attention.directionality_summary(dirs, dirs_null).round(4))
 
 # %% [markdown]
 # ## Notes on what is computed

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import RandomAttentionWeights
 
-from utils.attention import composition_scores, directionality, layer_kernels, layer_qk
+from utils.attention import composition_scores, directionality, directionality_summary, layer_kernels, layer_qk
 
 
 def _fro(M):
@@ -86,3 +87,24 @@ def test_notebook_02_composition_matches_dense_oracle(tiny_llama_dir, tmp_path):
     assert np.isfinite(r.q_z) and "q_null_mean" in df
     report = (run_dir / "report.md").read_text()
     assert "## Head circuits: composition scores and directionality" in report and "heads with |z| > 3" in report
+
+
+def test_notebook_02_without_null_model_computes_no_null(tiny_llama_dir, tmp_path):
+    from conftest import run_notebook_smoke
+
+    run_dir = run_notebook_smoke("02_attention_kernels", {"model": str(tiny_llama_dir), "null_model": False}, tmp_path)
+    files = {p.name for p in run_dir.iterdir()}
+    assert "composition_scores.csv" in files and "directionality.csv" in files
+    assert "composition_vs_null.png" not in files and "heads_vs_null.png" not in files
+    assert "q_null_mean" not in pd.read_csv(run_dir / "composition_scores.csv")
+    report = (run_dir / "report.md").read_text()
+    assert "| per head | trained |" in report and "| per head | null |" not in report
+
+
+def test_directionality_summary_with_and_without_null():
+    t = pd.DataFrame({"head": [0, 1, -1], "directionality": [0.2, -0.4, 0.1]})
+    alone = directionality_summary(t)
+    assert list(alone.model) == ["trained", "trained"]
+    assert alone.iloc[0]["max |score|"] == pytest.approx(0.4) and alone.iloc[1]["mean"] == pytest.approx(0.1)
+    both = directionality_summary(t, t.assign(directionality=0.0))
+    assert list(both.model) == ["trained", "null", "trained", "null"] and both.iloc[1]["max |score|"] == 0

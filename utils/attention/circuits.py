@@ -277,11 +277,13 @@ def head_null_table(trained: pd.DataFrame, null: pd.DataFrame, circuits=("qk", "
     return pd.DataFrame(rows)
 
 
-def directionality_summary(trained: pd.DataFrame, null: pd.DataFrame) -> pd.DataFrame:
-    """Per-head and whole-layer directionality (mean, std, max |score|) beside the same for a null model."""
+def directionality_summary(trained: pd.DataFrame, null: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-head and whole-layer directionality (mean, std, max |score|), beside the same for a null model
+    when one is given."""
     rows = []
+    models = [("trained", trained)] + ([("null", null)] if null is not None else [])
     for what, sel in (("per head", lambda d: d[d["head"] >= 0]), ("whole layer", lambda d: d[d["head"] < 0])):
-        for name, d in (("trained", trained), ("null", null)):
+        for name, d in models:
             v = sel(d).directionality
             rows.append({"unit": what, "model": name, "mean": v.mean(), "std": v.std(), "max |score|": v.abs().max()})
     return pd.DataFrame(rows)
