@@ -1,6 +1,7 @@
 """Model location, architecture families, weight streaming from safetensors and GGUF."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -162,6 +163,33 @@ def test_safetensors_problems_name_the_shard_at_open(tmp_path):
     missing = rf"index .* lists shards that are missing: {shard.name} \(\d+ tensors\)"
     with pytest.raises(CheckpointFormatError, match=missing):
         open_weights(folder)
+
+
+def test_files_that_shrink_after_open_name_the_file(tmp_path):
+    """Both readers pread into fresh buffers through one helper: a file cut after it was opened (checked
+    then) fails on the read with the file and tensor named, never returns a part-filled tensor."""
+    import os
+
+    from utils.weights.fixtures import FIXTURES, random_blocks, tensor_layout
+    from utils.weights.shards import Checkpoint, CheckpointFormatError, write_checkpoint
+
+    path, _ = write_tiny_gguf(tmp_path / "m.gguf")
+    g = GGUFFile(path)
+    last = max(g.tensors, key=lambda n: g.tensors[n].offset)
+    assert torch.equal(g.tensor(last), GGUFFile(path).tensor(last))
+    os.truncate(path, g.tensors[last].offset + 8)
+    with pytest.raises(GGUFFormatError, match=rf"m\.gguf ended while reading '{re.escape(last)}'.*shrank"):
+        g.tensor(last)
+
+    cfg = {**FIXTURES["llama-3.1-8b"], "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1}
+    cfg.update(num_attention_heads=4, num_key_value_heads=2, vocab_size=50)
+    folder = write_checkpoint(tmp_path / "st", tensor_layout(cfg), random_blocks(0), config=cfg)
+    ck = Checkpoint(folder)
+    name = max(ck.entries, key=lambda n: ck.entries[n].start)
+    e = ck.entries[name]
+    os.truncate(e.file, e.start + 4)
+    with pytest.raises(CheckpointFormatError, match=rf"{e.file.name} ended while reading tensor '{re.escape(name)}'"):
+        ck.read(name)
 
 
 def test_gguf_unsupported_architecture(tmp_path):

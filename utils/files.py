@@ -7,6 +7,7 @@
   lines back and drops a torn last line (a process killed mid-write), so a resumed run continues
   from the last complete record.
 * :func:`to_jsonable` turns numpy / torch values, NaN and Inf into plain JSON.
+* :func:`pread_exact` fills a buffer from a file offset without a memory map (the weight readers).
 
 Files get the permissions a newly created file gets under the current umask (``mkstemp`` alone
 would give 0600).
@@ -23,6 +24,20 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+
+def pread_exact(fd: int, buf, offset: int, short: str) -> None:
+    """Fill the writable buffer ``buf`` with the bytes of ``fd`` from ``offset`` (``preadv`` until full).
+
+    A file that ends first raises ``EOFError(short)``; the caller words ``short`` (the file and what was
+    being read) and re-raises it as its own format error.
+    """
+    mv, got = memoryview(buf).cast("B"), 0
+    while got < len(mv):
+        n = os.preadv(fd, [mv[got:]], offset + got)
+        if n <= 0:
+            raise EOFError(short)
+        got += n
 
 
 def default_file_mode(mode: int = 0o666) -> int:

@@ -37,11 +37,23 @@ def _perm(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+_SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+ENTRIES_DRAW = "numpy-shuffle"  # how permute_entries draws; part of every cache key that stores a null
+
+
 def permute_entries(W, seed: int = 0) -> torch.Tensor:
-    """``W`` (any shape) with its entries randomly permuted; same shape, dtype and multiset of values."""
+    """``W`` (any shape) with its entries randomly permuted; same shape, dtype and multiset of values.
+
+    One copy of ``W`` in its own dtype is shuffled in place (Fisher-Yates, numpy's PCG64 seeded by
+    ``seed``, on the bytes viewed as same-width integers, so bf16 is never widened): no index array, so
+    the 128256 x 4096 bf16 embedding of an 8B model costs its own 1 GB, not 4 GB of int64 indices more.
+    """
     W = torch.as_tensor(W).detach().cpu()
-    flat = W.reshape(-1)
-    return flat[_perm(flat.numel(), seed)].reshape(W.shape)
+    out = torch.empty(W.shape, dtype=W.dtype)
+    out.copy_(W)
+    if out.numel() > 1:
+        np.random.default_rng(seed).shuffle(out.view(-1).view(_SAME_WIDTH_INT[out.element_size()]).numpy())
+    return out
 
 
 def permute_residual(W, role: str, perm: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..spectral import effective_rank, gram_svdvals, stable_rank
-from ..spectral.null import derived_seed, matrix_key, permute_entries, ratio
+from ..spectral.null import ENTRIES_DRAW, derived_seed, matrix_key, permute_entries, ratio
 from ..spectral.rmt import MIN_EVALS, esd, mp_fit, powerlaw_fit, weighted_alpha
 from .sweep import weight_sweep
 from .tables import per_layer, weight_types
@@ -84,7 +84,7 @@ class RMTColumns:
 
     def cache_key(self) -> str:
         """What a resumable sweep's cache must match: the hook and every setting that changes its columns."""
-        settings = f"{self.null}, {self.seed}, {self.n_boot}, {self.policy!r}, {self.keep_null_spectra}"
+        settings = f"{self.null}, {self.seed}, {self.n_boot}, {self.policy!r}, {self.keep_null_spectra}, {ENTRIES_DRAW}"
         return f"{type(self).__module__}.{type(self).__qualname__}({settings})"
 
     def __call__(self, W, ref, S) -> dict:

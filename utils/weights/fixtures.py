@@ -23,12 +23,12 @@ import json
 import os
 import shutil
 import sys
-import zlib
 from pathlib import Path
 
 import torch
 
-from .shards import DTYPES, row_blocks, write_checkpoint
+from ..spectral.null import derived_seed
+from .shards import row_blocks, stored_nbytes, write_checkpoint
 
 FIXTURE_ENV = "TSPECTRA_FIXTURES"
 DEFAULT_ROOT = "~/.cache/transformer-spectra/fixtures"
@@ -145,7 +145,7 @@ def random_blocks(seed: int = 0, std: float = 0.02):
         if name.endswith("norm.weight"):
             yield torch.ones(shape, dtype=dtype)
             return
-        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        g = torch.Generator().manual_seed(derived_seed(seed, name))
         for a, b in row_blocks(shape):
             yield (torch.randn((b - a, *shape[1:]), generator=g) * std).to(dtype)
 
@@ -166,7 +166,7 @@ def make_fixture(
     if fixture_ready(folder) and not force:
         return folder
     layout = tensor_layout(config)
-    total = sum(_nbytes(s, dt) for _, s, dt in layout)
+    total = sum(stored_nbytes(s, dt) for _, s, dt in layout)
     folder.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder.parent).free
     if free < total * 1.02:
@@ -197,13 +197,6 @@ def make_fixture(
     finally:
         bar.close()
     return folder
-
-
-def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
-    n = 1
-    for x in shape:
-        n *= x
-    return n * torch.empty(0, dtype=DTYPES[dtype]).element_size()
 
 
 def main(argv: list[str] | None = None) -> int:

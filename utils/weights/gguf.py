@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import pread_exact
+
 GGUF_MAGIC = b"GGUF"
 
 # metadata value types
@@ -206,12 +208,11 @@ class GGUFFile:
         with self._lock:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDONLY)
-        mv, got = memoryview(buf), 0
-        while got < nbytes:
-            n = os.preadv(self._fd, [mv[got:]], info.offset + got)
-            if n <= 0:
-                raise GGUFFormatError(f"{self.path} ended while reading {name!r} (it shrank after it was opened)")
-            got += n
+        short = f"{self.path} ended while reading {name!r} (it shrank after it was opened)"
+        try:
+            pread_exact(self._fd, buf, info.offset, short)
+        except EOFError as err:
+            raise GGUFFormatError(str(err)) from None
         return buf
 
     def tensor(self, name: str) -> torch.Tensor:
@@ -232,25 +233,22 @@ class GGUFFile:
             pass
 
 
-def _owned(raw: np.ndarray) -> np.ndarray:
-    """``raw`` itself when it is a writable in-memory buffer, else a copy (a memory map is never aliased)."""
-    if isinstance(raw, np.ndarray) and not isinstance(raw, np.memmap) and raw.flags.writeable:
-        return raw
-    return np.array(raw)
-
-
 def _f16(raw: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(raw, copy=True).view(np.float16)).float()
 
 
 def dequantize(mm: np.ndarray, offset: int, n_el: int, ggml_type: int) -> torch.Tensor:
-    """Dequantise ``n_el`` elements of type ``ggml_type`` starting at byte ``offset`` to float32 (1-D)."""
+    """Dequantise ``n_el`` elements of type ``ggml_type`` starting at byte ``offset`` to float32 (1-D).
+
+    ``mm`` is a writable uint8 buffer of this process (``raw_bytes``' output); an F32 tensor comes back as a
+    view of it, without a copy.
+    """
     if ggml_type == GGML_F32:
-        return torch.from_numpy(_owned(mm[offset : offset + 4 * n_el]).view(np.float32))
+        return torch.from_numpy(mm[offset : offset + 4 * n_el].view(np.float32))
     if ggml_type == GGML_F16:
         return _f16(mm[offset : offset + 2 * n_el])
     if ggml_type == GGML_BF16:
-        raw = _owned(mm[offset : offset + 2 * n_el]).view(np.int16)
+        raw = mm[offset : offset + 2 * n_el].view(np.int16)
         return torch.from_numpy(raw).view(torch.bfloat16).float()
     if ggml_type == GGML_Q8_0:  # block of 32: f16 scale d, 32 x int8
         nb = n_el // 32

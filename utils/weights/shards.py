@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from ..files import stage_dir_for, swap_in
+from ..files import pread_exact, stage_dir_for, swap_in
 
 INDEX_NAME = "model.safetensors.index.json"
 MAX_HEADER_BYTES = 100 << 20  # the format's own limit
@@ -47,6 +47,11 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E5M2": torch.float8_e5m2,
 }
 REDOWNLOAD = "re-download this shard (or re-save the checkpoint)"
+
+
+def stored_nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    """Bytes of a tensor of ``shape`` stored as safetensors dtype ``dtype`` (e.g. ``"BF16"``)."""
+    return math.prod(shape) * DTYPES[dtype].itemsize
 
 
 class CheckpointFormatError(ValueError):
@@ -111,7 +116,7 @@ def _entry(path: Path, name: str, e, base: int, size: int) -> TensorEntry:
         raise CheckpointFormatError(
             f"{path}: tensor {name!r} has dtype {dtype!r}, not one of {', '.join(DTYPES)}; convert the checkpoint"
         )
-    want = math.prod(shape) * torch.empty(0, dtype=DTYPES[dtype]).element_size()
+    want = stored_nbytes(shape, dtype)
     if min(shape, default=0) < 0 or b < 0 or end - b != want:
         raise CheckpointFormatError(
             f"{path}: tensor {name!r} ({dtype} {list(shape)}, {want} bytes) has data offsets [{b}, {end}]; {REDOWNLOAD}"
@@ -191,16 +196,11 @@ class Checkpoint:
         e = self.entries[name]
         t = torch.empty(e.shape, dtype=DTYPES[e.dtype])
         if e.nbytes:
-            buf = memoryview(t.reshape(-1).view(torch.uint8).numpy())
-            fd, got = self._fd(e.file), 0
-            while got < e.nbytes:
-                n = os.preadv(fd, [buf[got:]], e.start + got)
-                if n <= 0:
-                    raise CheckpointFormatError(
-                        f"{e.file} ended while reading tensor {name!r} (it shrank after the checkpoint was opened); "
-                        f"{REDOWNLOAD}"
-                    )
-                got += n
+            short = f"{e.file} ended while reading tensor {name!r} (it shrank after the checkpoint was opened); {REDOWNLOAD}"
+            try:
+                pread_exact(self._fd(e.file), t.reshape(-1).view(torch.uint8).numpy(), e.start, short)
+            except EOFError as err:
+                raise CheckpointFormatError(str(err)) from None
         return t
 
     def close(self) -> None:
@@ -222,7 +222,7 @@ def plan_shards(tensors: list[tuple[str, tuple[int, ...], str]], max_shard_bytes
     shards: list[list] = [[]]
     size = 0
     for name, shape, dtype in tensors:
-        nb = math.prod(shape) * torch.empty(0, dtype=DTYPES[dtype]).element_size()
+        nb = stored_nbytes(shape, dtype)
         if shards[-1] and size + nb > max_shard_bytes:
             shards.append([])
             size = 0
@@ -235,7 +235,7 @@ def _header_bytes(shard: list, metadata: dict) -> tuple[bytes, list[int]]:
     header: dict = {"__metadata__": metadata}
     off, sizes = 0, []
     for name, shape, dtype in shard:
-        nb = math.prod(shape) * torch.empty(0, dtype=DTYPES[dtype]).element_size()
+        nb = stored_nbytes(shape, dtype)
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + nb]}
         off += nb
         sizes.append(nb)
