@@ -196,7 +196,10 @@ class Checkpoint:
         e = self.entries[name]
         t = torch.empty(e.shape, dtype=DTYPES[e.dtype])
         if e.nbytes:
-            short = f"{e.file} ended while reading tensor {name!r} (it shrank after the checkpoint was opened); {REDOWNLOAD}"
+            short = (
+                f"{e.file} ended while reading tensor {name!r} (it shrank after the checkpoint was opened); "
+                f"{REDOWNLOAD}"
+            )
             try:
                 pread_exact(self._fd(e.file), t.reshape(-1).view(torch.uint8).numpy(), e.start, short)
             except EOFError as err:
