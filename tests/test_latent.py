@@ -184,6 +184,25 @@ def test_checkpoint_resume_refuses_other_config_and_names_a_truncated_file(tiny,
     assert (tmp_path / "ship" / "latent.pt").stat().st_size < (tmp_path / "ck" / "latent.pt").stat().st_size
     for name, v in mods["latent"].state_dict().items():
         torch.testing.assert_close(small["latent"].state_dict()[name], v, rtol=1e-3, atol=1e-3)
+    # a run stopped in the second module's training resumes to exactly the uninterrupted modules (each save
+    # writes only the module in training; the finished latent module's file is not rewritten)
+    class Stop(Exception):
+        pass
+
+    def stop_in_pool(r):
+        if r["kind"] == "pool_adapter" and r["step"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_seed(model, ts, cfg, 0, pk, 3, tmp_path / "cut", meta, resume=False, log=stop_in_pool, save_every=2)
+    latent_file = (tmp_path / "cut" / "latent.pt").stat().st_mtime_ns
+    assert compressor.read_meta(tmp_path / "cut")["progress"] == {"latent": 7, "pool_adapter": 2, "classifier": 0}
+    assert not (tmp_path / "cut" / "classifier.pt").exists()
+    again = train_seed(model, ts, cfg, 0, pk, 3, tmp_path / "cut", meta, resume=True, save_every=2)
+    assert (tmp_path / "cut" / "latent.pt").stat().st_mtime_ns == latent_file
+    for k in compressor.KINDS:
+        for name, v in mods[k].state_dict().items():
+            torch.testing.assert_close(again[k].state_dict()[name], v, rtol=0, atol=0)
     # resuming a finished run trains nothing more
     log2 = []
     train_seed(model, ts, cfg, 0, pk, 3, tmp_path / "ck", meta, resume=True, log=log2.append)

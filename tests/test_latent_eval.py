@@ -265,3 +265,29 @@ def test_shipped_compressor_loads_and_auto_picks_it_only_for_its_reader():
     assert not {"Warsaw", "Black_Death", "Packet_switching", "1973_oil_crisis", "Geology", "Teacher"} & set(
         meta["seen_titles"]
     )
+
+
+def test_acceptance_checks_at_their_thresholds():
+    """The issue's targets, worked by hand at the boundaries: r=4 +5 with CI > 0, own ids +3, r=10 -2."""
+    from utils.latent.report import acceptance_table, verdict
+
+    def d(x, lo):
+        return {"diff": x, "lo": lo, "hi": x + 1}
+
+    acc = [
+        {"seed": 0, "vs_lead": d(5.0, 0.1), "vs_ids": d(3.0, 1), "vs_lead_far": d(-2.0, -3)},
+        {"seed": 1, "vs_lead": d(6.0, 0.0), "vs_ids": d(2.9, 1), "vs_lead_far": d(-2.1, -3)},
+        {"seed": 2, "vs_lead": d(4.9, 1.0)},
+    ]
+    t = acceptance_table(acc)
+    assert list(t["≥ +5 and CI > 0"]) == ["yes", "no", "no"]  # CI touching 0 fails, 4.9 fails
+    assert list(t["≥ +3"]) == ["yes", "no", "n/a"] and list(t["≥ -2"]) == ["yes", "no", "n/a"]
+    assert list(t.iloc[2, 3:]) == ["not run", "n/a", "not run", "n/a"]
+    v = verdict(acc)
+    assert v.startswith("Verdict: the target is NOT reached") and "+5.0, +6.0, +4.9" in v
+    assert "not determined (not run)" in v  # seed 2 has no r=10 comparison
+    assert verdict(acc[:2]).startswith("Verdict: not determined: the r=4 comparison ran for 2 of 3 seeds")
+    good = [{"seed": s, "vs_lead": d(5.5, 0.5), "vs_ids": d(3.5, 1), "vs_lead_far": d(0.0, -1)} for s in range(3)]
+    v = verdict(good)
+    assert v.startswith("Verdict: latent compression beats lead-M as required") and ": met" in v
+    assert "adds at least 3 F1" in v

@@ -372,10 +372,10 @@ def train_seed(
         meta["progress"] = saved.get("progress", meta["progress"])
     for kind in KINDS:
 
-        def save(step, opt, kind=kind):
+        def save(step, opt, kind=kind):  # only the module in training changed since the last save
             meta["progress"][kind] = step
             opts[kind] = opt
-            save_bundle(ckpt_dir, mods, meta, opts)
+            save_bundle(ckpt_dir, {kind: mods[kind]}, meta, {kind: opt})
 
         train_module(
             llm,

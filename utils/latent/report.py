@@ -127,38 +127,31 @@ def acceptance(
     return out
 
 
+# The issue's three targets, one test each on a paired difference {diff, lo, hi} (F1 points); written once,
+# read by the per-seed table and by the verdict.
+TARGETS = {
+    "vs_lead": ("≥ +5 and CI > 0", lambda d: d["diff"] >= 5 and d["lo"] > 0),
+    "vs_ids": ("≥ +3", lambda d: d["diff"] >= 3),
+    "vs_lead_far": ("≥ -2", lambda d: d["diff"] >= -2),
+}
+
+
+def met(key: str, d: dict | None) -> bool | None:
+    """Whether the paired difference ``d`` meets target ``key`` (None when that comparison did not run)."""
+    return None if not d else bool(TARGETS[key][1](d))
+
+
 def acceptance_table(acc: list[dict], r_main: float = 4.0, r_far: float = 10.0):
     import pandas as pd
 
     def cell(d):
         return f"{d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]" if d else "not run"
 
-    rows = []
-    for a in acc:
-        v1, v2, v3 = a.get("vs_lead"), a.get("vs_ids"), a.get("vs_lead_far")
-        rows.append(
-            [
-                a["seed"],
-                cell(v1),
-                _yes(v1 and v1["diff"] >= 5 and v1["lo"] > 0),
-                cell(v2),
-                _yes(v2 and v2["diff"] >= 3),
-                cell(v3),
-                _yes(v3 and v3["diff"] >= -2),
-            ]
-        )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "seed",
-            f"latent - lead-M, r={r_main:g}",
-            "≥ +5 and CI > 0",
-            f"latent - own ids, r={r_main:g}",
-            "≥ +3",
-            f"latent - lead-M, r={r_far:g}",
-            "≥ -2",
-        ],
-    )
+    heads = {"vs_lead": f"latent - lead-M, r={r_main:g}", "vs_ids": f"latent - own ids, r={r_main:g}"}
+    heads["vs_lead_far"] = f"latent - lead-M, r={r_far:g}"
+    rows = [[a["seed"]] + [x for k in TARGETS for x in (cell(a.get(k)), _yes(met(k, a.get(k))))] for a in acc]
+    columns = ["seed"] + [x for k in TARGETS for x in (heads[k], TARGETS[k][0])]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _yes(x) -> str:
@@ -172,14 +165,12 @@ def verdict(acc: list[dict], n_seeds_required: int = 3) -> str:
     if len(done) < n_seeds_required:
         return f"Verdict: not determined: the r=4 comparison ran for {len(done)} of {n_seeds_required} seeds."
 
-    def status(k, test):
+    def status(k):
         if not all(k in a for a in done):
             return None
-        return all(test(a[k]) for a in done)
+        return all(met(k, a[k]) for a in done)
 
-    t1 = status("vs_lead", lambda d: d["diff"] >= 5 and d["lo"] > 0)
-    t2 = status("vs_ids", lambda d: d["diff"] >= 3)
-    t3 = status("vs_lead_far", lambda d: d["diff"] >= -2)
+    t1, t2, t3 = status("vs_lead"), status("vs_ids"), status("vs_lead_far")
     word = {True: "met", False: "not met", None: "not determined (not run)"}
     d1 = ", ".join(f"{a['vs_lead']['diff']:+.1f}" for a in done)
     d2 = ", ".join(f"{a['vs_ids']['diff']:+.1f}" for a in done if "vs_ids" in a) or "not run"

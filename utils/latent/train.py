@@ -182,7 +182,7 @@ def train_module(
     """Train ``comp`` (its ``kind``) from ``start_step`` to the end of its schedule; returns the last step.
 
     ``log(record)`` gets one dict per step; ``save(step, optimizer)`` is called every ``save_every``
-    steps and at the end (the caller writes the checkpoint).
+    steps and at the end when any step ran (the caller writes the checkpoint).
     """
     for p in llm.parameters():
         p.requires_grad_(False)
@@ -234,6 +234,6 @@ def train_module(
             )
         if save and save_every and (step + 1) % save_every == 0 and step + 1 < total:
             save(step + 1, {"phase": ph, "state": opt.state_dict()})
-    if save:
+    if save and (start_step < total or start_step == 0):  # a finished module is not written again
         save(total, None)
     return total
