@@ -184,6 +184,7 @@ def test_checkpoint_resume_refuses_other_config_and_names_a_truncated_file(tiny,
     assert (tmp_path / "ship" / "latent.pt").stat().st_size < (tmp_path / "ck" / "latent.pt").stat().st_size
     for name, v in mods["latent"].state_dict().items():
         torch.testing.assert_close(small["latent"].state_dict()[name], v, rtol=1e-3, atol=1e-3)
+
     # a run stopped in the second module's training resumes to exactly the uninterrupted modules (each save
     # writes only the module in training; the finished latent module's file is not rewritten)
     class Stop(Exception):
