@@ -8,7 +8,14 @@ import pytest
 import torch
 from helpers import RandomAttentionWeights
 
-from utils.attention import composition_scores, directionality, directionality_summary, layer_kernels, layer_qk
+from utils.attention import (
+    composition_scores,
+    directionality,
+    directionality_summary,
+    directionality_table,
+    layer_kernels,
+    layer_qk,
+)
 
 
 def _fro(M):
@@ -62,6 +69,17 @@ def test_directionality_equals_dense_oracle_per_head_and_per_layer(n_kv):
         M = layer_qk(src, layer).dense()[0]
         assert torch.allclose(M, K.dense().sum(0))  # the layer's kernel is the sum of its heads'
         assert directionality(layer_qk(src, layer))[0] == pytest.approx(dense_directionality(M), rel=1e-10, abs=1e-12)
+    # the table reads each layer's W_q / W_k once and gives the same per-head and whole-layer scores
+    reads = []
+    layer_weight = src.layer_weight
+    src.layer_weight = lambda li, role, **kw: reads.append((li, role)) or layer_weight(li, role, **kw)
+    t = directionality_table(src, progress=False)
+    assert sorted(reads) == [(0, "k"), (0, "q"), (1, "k"), (1, "q")]
+    for layer in range(2):
+        K, M = layer_kernels(src, layer, "qk"), layer_qk(src, layer).dense()[0]
+        got = t[t.layer == layer].set_index("head").directionality
+        assert np.allclose(got.loc[[0, 1, 2, 3]], [dense_directionality(A) for A in K.dense()], rtol=1e-10, atol=1e-12)
+        assert got.loc[-1] == pytest.approx(dense_directionality(M), rel=1e-10, abs=1e-12)
     # a kernel with a few dominant key-side columns scores positive
     X, Y = torch.randn(1, 32, 8, dtype=torch.float64), torch.randn(1, 8, 32, dtype=torch.float64)
     Y[..., :2] *= 20

@@ -108,3 +108,29 @@ def test_notebook_07_finds_the_injected_update(tiny_llama_dir, injected, tmp_pat
     h = pd.read_csv(run_dir / "head_diff.csv")
     assert (h[h.layer == 1].qk_sv_change == 0).all() and (h[h.layer == 0].qk_sv_change > 0).any()
     assert "3 of" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize("shape", [(40, 12), (12, 40)])
+def test_weight_diff_spectra_and_angles_against_numpy_svd(shape):
+    """One Gram + eigh per matrix gives the spectra and top-k subspaces of numpy's SVD (tall and wide)."""
+    from utils.diff import weight_diff
+    from utils.spectral import effective_rank, gram_svd
+
+    rng = np.random.default_rng(0)
+    Wa = rng.standard_normal(shape)
+    Wb = Wa + 0.3 * rng.standard_normal(shape)
+    k = 4
+    d = weight_diff(Wa, Wb, top_k=k)
+    Ua, Sa, Vta = np.linalg.svd(Wa)
+    Ub, Sb, Vtb = np.linalg.svd(Wb)
+    tall = shape[0] >= shape[1]
+    Qa, Qb = (Vta[:k].T, Vtb[:k].T) if tall else (Ua[:, :k], Ub[:, :k])
+    cos = np.clip(np.linalg.svd(Qa.T @ Qb, compute_uv=False), 0, 1)
+    assert d["angle_max"] == pytest.approx(np.degrees(np.arccos(cos.min())), rel=1e-7)
+    assert d["overlap"] == pytest.approx(np.mean(cos**2), rel=1e-10)
+    assert d["eff_rank_a"] == pytest.approx(float(effective_rank(Sa)), rel=1e-10)
+    assert d["eff_rank_b"] == pytest.approx(float(effective_rank(Sb)), rel=1e-10)
+    np.testing.assert_allclose(d["sv_diff"], np.linalg.svd(Wb - Wa, compute_uv=False)[:32], rtol=1e-9)
+    S, V = gram_svd(torch.from_numpy(Wa), k)
+    np.testing.assert_allclose(S, Sa, rtol=1e-10)
+    np.testing.assert_allclose(np.abs(V.numpy().T @ Qa), np.eye(k), atol=1e-8)  # same vectors up to sign

@@ -23,35 +23,37 @@ import pandas as pd
 import torch
 
 from ..progress import progress_bar
-from ..spectral import effective_rank, gram_svdvals, limited_threads, stable_rank
+from ..spectral import effective_rank, gram_svd, gram_svdvals, limited_threads, stable_rank
 from .match import match_models
 
 RANK_RTOL = 1e-3
 
 
-def _top_subspace(W: torch.Tensor, k: int) -> torch.Tensor:
-    """(n_short, k) top-k singular vectors of the short side (eigenvectors of its Gram, float64)."""
-    A = W if W.shape[0] >= W.shape[1] else W.mT
-    vals, vecs = torch.linalg.eigh(A.mT @ A)
-    return vecs[:, torch.argsort(vals, descending=True)[:k]]
-
-
-def principal_angles(Wa, Wb, k: int) -> np.ndarray:
-    """Principal angles (radians, ascending) between the top-k singular subspaces of two same-shape matrices."""
-    Va, Vb = _top_subspace(Wa, k), _top_subspace(Wb, k)
+def _angles(Va: torch.Tensor, Vb: torch.Tensor) -> np.ndarray:
     c = torch.linalg.svdvals(Va.mT @ Vb).clamp(0, 1).cpu().numpy()
     return np.sort(np.arccos(c))
 
 
+def principal_angles(Wa, Wb, k: int) -> np.ndarray:
+    """Principal angles (radians, ascending) between the top-k singular subspaces of two same-shape matrices."""
+    Wa, Wb = torch.as_tensor(Wa).to(torch.float64), torch.as_tensor(Wb).to(torch.float64)
+    return _angles(gram_svd(Wa, k)[1], gram_svd(Wb, k)[1])
+
+
 def weight_diff(Wa, Wb, top_k: int = 16, keep: int = 32, rank_rtol: float = RANK_RTOL) -> dict:
-    """The diff columns of one pair (module docstring) plus ``sv_diff``, the ``keep`` largest singular values of dW."""
+    """The diff columns of one pair (module docstring) plus ``sv_diff``, the ``keep`` largest singular values of dW.
+
+    Each of ``Wa``, ``Wb`` and ``dW`` is reduced to its Gram once: one ``eigh`` gives a matrix's spectrum
+    and its top-k singular subspace together.
+    """
     Wa, Wb = torch.as_tensor(Wa).to(torch.float64), torch.as_tensor(Wb).to(torch.float64)
     dW = Wb - Wa
     same = not bool(dW.any())
-    Sa = gram_svdvals(Wa)
-    S = np.zeros_like(Sa) if same else gram_svdvals(dW)
     k = max(1, min(top_k, min(Wa.shape)))
-    ang = np.zeros(k) if same else principal_angles(Wa, Wb, k)
+    Sa, Va = gram_svd(Wa, k)
+    S = np.zeros_like(Sa) if same else gram_svdvals(dW)
+    Sb, Vb = (Sa, Va) if same else gram_svd(Wb, k)
+    ang = np.zeros(k) if same else _angles(Va, Vb)
     fa = float(np.sqrt((Sa**2).sum()))
     return {
         "rel_change": float(np.sqrt((S**2).sum()) / fa) if fa > 0 else float("nan"),
@@ -60,7 +62,7 @@ def weight_diff(Wa, Wb, top_k: int = 16, keep: int = 32, rank_rtol: float = RANK
         "diff_stable_rank": stable_rank(S),
         "rank": int((S > rank_rtol * S[0]).sum()) if S[0] > 0 else 0,
         "eff_rank_a": float(effective_rank(Sa)),
-        "eff_rank_b": float(effective_rank(Sa if same else gram_svdvals(Wb))),
+        "eff_rank_b": float(effective_rank(Sb)),
         "angle_max": float(np.degrees(ang.max())),
         "overlap": float(np.mean(np.cos(ang) ** 2)),
         "overlap_null": k / min(Wa.shape),

@@ -9,7 +9,7 @@
 """
 
 from . import null, rmt  # noqa: E402  (after the primitives they build on)
-from .core import check_finite, gram_svdvals, svdvals
+from .core import check_finite, gram_svd, gram_svdvals, svdvals
 from .factored import FactoredKernels, KernelSpectra
 from .metrics import (
     COMPLEX_RTOL,
@@ -37,6 +37,7 @@ __all__ = [
     "energy_count",
     "energy_counts",
     "energy_share",
+    "gram_svd",
     "gram_svdvals",
     "limited_threads",
     "null",

@@ -119,6 +119,20 @@ def gram(W, dtype: torch.dtype = torch.float64, device=None, block_bytes: int = 
     return G
 
 
+def checked_gram(W, device=None, dtype: torch.dtype = torch.float64, what: str = "matrix") -> torch.Tensor:
+    """:func:`gram` as a tensor, refused with a ``ValueError`` naming ``what`` when it holds NaN / Inf
+    (``W`` itself is scanned only then, to say whether ``W`` or the Gram's ``dtype`` is at fault)."""
+    G = gram(W, dtype, device)
+    G = torch.from_numpy(G) if isinstance(G, np.ndarray) else G
+    if not bool(torch.isfinite(G).all()):
+        check_finite(W, what)
+        raise ValueError(
+            f"{what}: its Gram matrix overflowed in {dtype} (values up to {float(W.abs().max()):.3g}); "
+            "use float64 precision"
+        )
+    return G
+
+
 def gram_svdvals(W, device=None, dtype: torch.dtype = torch.float64, what: str = "matrix") -> np.ndarray:
     """Singular values from the Gram matrix of the short side (:func:`gram`), descending, float64.
 
@@ -131,13 +145,13 @@ def gram_svdvals(W, device=None, dtype: torch.dtype = torch.float64, what: str =
         return (
             np.stack([gram_svdvals(w, device, dtype, what) for w in W]) if len(W) else np.zeros((0, min(W.shape[1:])))
         )
-    G = gram(W, dtype, device)
-    G = torch.from_numpy(G) if isinstance(G, np.ndarray) else G
-    if not bool(torch.isfinite(G).all()):
-        check_finite(W, what)
-        raise ValueError(
-            f"{what}: its Gram matrix overflowed in {dtype} (values up to {float(W.abs().max()):.3g}); "
-            "use float64 precision"
-        )
-    lam = torch.linalg.eigvalsh(G)  # ascending
+    lam = torch.linalg.eigvalsh(checked_gram(W, device, dtype, what))  # ascending
     return lam.double().clamp_min(0).sqrt().flip(-1).cpu().numpy()
+
+
+def gram_svd(W, k: int, device=None, dtype: torch.dtype = torch.float64, what: str = "matrix"):
+    """``(S, V)``: all singular values (descending, float64 numpy) and the top-``k`` singular vectors of the
+    short side (``(n_short, k)`` tensor, columns in the order of ``S``), from one Gram and one ``eigh``."""
+    lam, vecs = torch.linalg.eigh(checked_gram(as_tensor(W), device, dtype, what))  # ascending
+    S = lam.double().clamp_min(0).sqrt().flip(-1).cpu().numpy()
+    return S, vecs.flip(-1)[:, :k]
