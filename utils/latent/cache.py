@@ -235,6 +235,34 @@ def cache_hidden(
     return out
 
 
+def shared_slot_batches(
+    model,
+    prefix: KV,
+    slots: Sequence[torch.Tensor],
+    keys: Sequence[int],
+    pad_id: int,
+    slot_batch: int,
+    row_batch: int,
+    progress: Callable | None = None,
+):
+    """Rows grouped by the slot they read (``keys[j]``: row j's index into ``slots``): each slot is run once
+    after ``prefix`` (``slot_batch`` at a time) and its key/values are shared by its rows. Yields ``(kv,
+    rows)``: the cache of at most ``row_batch`` rows and their indices; ``progress`` wraps the slot batches."""
+    by_slot: dict[int, list[int]] = {}
+    for j, c in enumerate(keys):
+        by_slot.setdefault(c, []).append(j)
+    order = sorted(by_slot)
+    it = range(0, len(order), slot_batch)
+    for s in progress(it) if progress else it:
+        chunk = order[s : s + slot_batch]
+        with torch.no_grad():
+            _, kv = prefill(model, prefix.expand(len(chunk)), [[slots[c]] for c in chunk], pad_id)
+        rows = [(b, j) for b, c in enumerate(chunk) for j in by_slot[c]]
+        for r in range(0, len(rows), row_batch):
+            part = rows[r : r + row_batch]
+            yield kv.select([b for b, _ in part]), [j for _, j in part]
+
+
 @torch.no_grad()
 def teacher_topk(
     model,
@@ -253,23 +281,12 @@ def teacher_topk(
     its key/values are shared by its questions. Per item ``(values (a, k) float16, indices (a, k) int32)``
     with ``a = min(K, answer length)``, in the order of ``items``.
     """
-    by_ctx: dict[int, list[int]] = {}
-    for j, (c, _, _) in enumerate(items):
-        by_ctx.setdefault(c, []).append(j)
-    order = sorted(by_ctx)
     out: list = [None] * len(items)
-    it = range(0, len(order), ctx_batch)
-    for s in progress(it) if progress else it:
-        chunk = order[s : s + ctx_batch]
-        _, kv = prefill(model, prefix.expand(len(chunk)), [[contexts[c]] for c in chunk], pad_id)
-        rows = [(b, j) for b, c in enumerate(chunk) for j in by_ctx[c]]
-        for r in range(0, len(rows), 4 * ctx_batch):
-            part = rows[r : r + 4 * ctx_batch]
-            ans = [items[j][2][:K] for _, j in part]
-            lg, _, _ = teacher_forced_logits(
-                model, kv.select([b for b, _ in part]), [[items[j][1]] for _, j in part], ans, pad_id
-            )
-            lp = torch.log_softmax(lg.float(), -1).topk(k, -1)
-            for i, ((_, j), a) in enumerate(zip(part, ans)):
-                out[j] = (lp.values[i, : a.shape[0]].half().cpu(), lp.indices[i, : a.shape[0]].int().cpu())
+    keys = [c for c, _, _ in items]
+    for kv, part in shared_slot_batches(model, prefix, contexts, keys, pad_id, ctx_batch, 4 * ctx_batch, progress):
+        ans = [items[j][2][:K] for j in part]
+        lg, _, _ = teacher_forced_logits(model, kv, [[items[j][1]] for j in part], ans, pad_id)
+        lp = torch.log_softmax(lg.float(), -1).topk(k, -1)
+        for i, (j, a) in enumerate(zip(part, ans)):
+            out[j] = (lp.values[i, : a.shape[0]].half().cpu(), lp.indices[i, : a.shape[0]].int().cpu())
     return out

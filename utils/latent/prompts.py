@@ -5,9 +5,8 @@ straight into ``inputs_embeds``. Every mode uses the same chat scaffold::
 
     [pre ids] [context slot: tokens | M vectors | nothing] [post ids: question + assistant header] [anchor ids]
 
-:func:`assemble` left-pads a batch with an attention mask and position ids ``cumsum(mask) - 1`` so a
-row's real tokens sit at positions 0..n-1 whatever its padding (the layered, cached version used by
-the experiment is :mod:`.cache`). Continuous vectors are rescaled to the RMS of real token embeddings.
+Batches are assembled over cached key/values in :mod:`.cache`. Continuous vectors are rescaled to the
+RMS of real token embeddings.
 """
 
 from __future__ import annotations
@@ -41,37 +40,6 @@ def scale_to_rms(x: torch.Tensor, target_rms: float, eps: float = 1e-6) -> torch
     """Rescale each vector (last dim) so that its RMS equals ``target_rms``."""
     rms = x.float().pow(2).mean(-1, keepdim=True).add(eps).sqrt()
     return (x * (target_rms / rms)).to(x.dtype)
-
-
-def hidden_and_logits(
-    model,
-    inputs_embeds=None,
-    input_ids=None,
-    attention_mask=None,
-    position_ids=None,
-    positions: torch.Tensor | None = None,
-    past_key_values=None,
-    use_cache=False,
-):
-    """Run the frozen LM; logits only where needed.
-
-    ``positions`` (B, P) long: the columns whose next-token logits are wanted (all columns if None).
-    Returns ``(logits (B, P, V) float32, past_key_values)``.
-    """
-    base = model.base_model
-    out = base(
-        input_ids=input_ids,
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        past_key_values=past_key_values,
-        use_cache=use_cache,
-    )
-    h = out.last_hidden_state
-    if positions is not None:
-        h = torch.gather(h, 1, positions.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
-    logits = model.get_output_embeddings()(h).float()
-    return logits, (out.past_key_values if use_cache else None)
 
 
 def decoder_layers(model):
@@ -178,76 +146,6 @@ def encode_examples(scaffold: Scaffold, examples, max_context_tokens: int | None
             )
         )
     return out
-
-
-# ----------------------------------------------------------------------------- batching
-@dataclass
-class Batch:
-    inputs_embeds: torch.Tensor | None  # (B, T, d) when any segment is a vector
-    input_ids: torch.Tensor | None  # (B, T) when every segment is tokens
-    attention_mask: torch.Tensor  # (B, T) long, 0 on left padding
-    position_ids: torch.Tensor  # (B, T) long
-
-    @property
-    def size(self) -> int:
-        return self.attention_mask.shape[0]
-
-
-def assemble(
-    model,
-    prompts: Sequence[Sequence[torch.Tensor]],
-    pad_id: int,
-    as_embeds: bool,
-    right: Sequence[torch.Tensor] | None = None,
-) -> tuple[Batch, torch.Tensor]:
-    """Left-pad a batch of segment lists (plus optional right-padded continuation ids).
-
-    ``prompts[b]`` is a list of segments (1-D long ids or (k, d) vectors). ``right[b]`` (optional)
-    is a 1-D id tensor placed after the prompt; rows are left-padded to a common prompt length and
-    right-padded after the continuation. Returns ``(batch, prompt_end)`` where ``prompt_end[b]`` is
-    the column of the last prompt token (the same for every row).
-    """
-    emb = input_embedding(model)
-    dev, dtype = emb.weight.device, emb.weight.dtype
-    lens = [sum(s.shape[0] for s in p) for p in prompts]
-    rlens = [r.shape[0] for r in right] if right is not None else [0] * len(prompts)
-    T0, R = max(lens), max(rlens)
-    B = len(prompts)
-    mask = torch.zeros(B, T0 + R, dtype=torch.long)
-    ids = torch.full((B, T0 + R), pad_id, dtype=torch.long)
-    any_vec = any(s.dtype.is_floating_point for p in prompts for s in p)
-    if any_vec and not as_embeds:
-        raise ValueError("a prompt with vector segments must go through inputs_embeds (as_embeds=True)")
-    rows = []
-    for b, p in enumerate(prompts):
-        start = T0 - lens[b]
-        mask[b, start : T0 + rlens[b]] = 1
-        col, parts = start, []
-        for s in p:
-            if s.dtype.is_floating_point:
-                parts.append(s.to(dev, dtype))
-            else:
-                ids[b, col : col + s.shape[0]] = s
-                parts.append(None)
-            col += s.shape[0]
-        if right is not None:
-            ids[b, T0 : T0 + rlens[b]] = right[b]
-        rows.append(parts)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    if not as_embeds:
-        return Batch(None, ids.to(dev), mask.to(dev), pos.to(dev)), torch.full((B,), T0 - 1)
-    x = emb(ids.to(dev))
-    if any_vec:  # splice the vector segments in (keeps autograd through them)
-        out_rows = []
-        for b, p in enumerate(prompts):
-            start, pieces, col = T0 - lens[b], [x[b, : T0 - lens[b]]], T0 - lens[b]
-            for s, v in zip(p, rows[b]):
-                pieces.append(v if v is not None else x[b, col : col + s.shape[0]])
-                col += s.shape[0]
-            pieces.append(x[b, T0:])
-            out_rows.append(torch.cat(pieces, 0))
-        x = torch.stack(out_rows, 0)
-    return Batch(x, None, mask.to(dev), pos.to(dev)), torch.full((B,), T0 - 1)
 
 
 # ----------------------------------------------------------------------------- context representations
