@@ -31,6 +31,8 @@ def _parent_cmdline() -> str:
 
 @functools.lru_cache(maxsize=1)
 def _in_kernel() -> bool:
+    if "IPython" not in sys.modules:  # a kernel has imported IPython before any user code runs
+        return False
     try:
         from IPython import get_ipython
 
