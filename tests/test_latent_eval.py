@@ -285,8 +285,14 @@ def test_acceptance_checks_at_their_thresholds():
     assert list(t.iloc[2, 3:]) == ["not run", "n/a", "not run", "n/a"]
     v = verdict(acc)
     assert v.startswith("Verdict: the target is NOT reached") and "+5.0, +6.0, +4.9" in v
-    assert "not determined (not run)" in v  # seed 2 has no r=10 comparison
-    assert verdict(acc[:2]).startswith("Verdict: not determined: the r=4 comparison ran for 2 of 3 seeds")
+    assert "target >= -2: not met" in v  # seed 1 misses it, so seed 2 not having run it changes nothing
+    partial = [{**a, "vs_lead_far": d(0.0, -1)} for a in acc[:2]] + acc[2:]
+    assert "target >= -2: not determined (not run)" in verdict(partial)  # the seeds that ran pass; seed 2 did not run
+    # one failing seed decides, however many seeds ran; passing seeds alone decide nothing
+    one = verdict(acc[1:2])
+    assert one.startswith("Verdict: the target is NOT reached") and one.endswith("1 of the 3 seeds ran.")
+    assert "(+6.0 F1 per seed, target >= +5 with CI > 0: not met" in one.replace("r=4: ", "(")
+    assert verdict(acc[:1]).startswith("Verdict: not determined: the r=4 comparison ran for 1 of 3 seeds")
     good = [{"seed": s, "vs_lead": d(5.5, 0.5), "vs_ids": d(3.5, 1), "vs_lead_far": d(0.0, -1)} for s in range(3)]
     v = verdict(good)
     assert v.startswith("Verdict: latent compression beats lead-M as required") and ": met" in v

@@ -159,18 +159,21 @@ def _yes(x) -> str:
 
 
 def verdict(acc: list[dict], n_seeds_required: int = 3) -> str:
-    """One sentence: whether the three acceptance targets hold in every seed (with the measured numbers)."""
+    """One sentence: whether the three acceptance targets hold in every seed (with the measured numbers).
+
+    A target must hold in each of ``n_seeds_required`` seeds: one seed that misses it decides "not met"
+    however many seeds ran; "met" needs every required seed run and passing."""
 
     done = [a for a in acc if "vs_lead" in a]
-    if len(done) < n_seeds_required:
-        return f"Verdict: not determined: the r=4 comparison ran for {len(done)} of {n_seeds_required} seeds."
 
     def status(k):
-        if not all(k in a for a in done):
-            return None
-        return all(met(k, a[k]) for a in done)
+        if any(k in a and not met(k, a[k]) for a in done):
+            return False
+        return True if len(done) >= n_seeds_required and all(k in a for a in done) else None
 
     t1, t2, t3 = status("vs_lead"), status("vs_ids"), status("vs_lead_far")
+    if len(done) < n_seeds_required and t1 is not False and t3 is not False:
+        return f"Verdict: not determined: the r=4 comparison ran for {len(done)} of {n_seeds_required} seeds."
     word = {True: "met", False: "not met", None: "not determined (not run)"}
     d1 = ", ".join(f"{a['vs_lead']['diff']:+.1f}" for a in done)
     d2 = ", ".join(f"{a['vs_ids']['diff']:+.1f}" for a in done if "vs_ids" in a) or "not run"
@@ -189,6 +192,7 @@ def verdict(acc: list[dict], n_seeds_required: int = 3) -> str:
     return (
         f"{head} (latent - lead-M at r=4: {d1} F1 per seed, target >= +5 with CI > 0: {word[t1]}; "
         f"at r=10: {d3}, target >= -2: {word[t3]}), and {cont} ({d2} F1 per seed)."
+        + (f" {len(done)} of the {n_seeds_required} seeds ran." if len(done) < n_seeds_required else "")
     )
 
 
