@@ -287,12 +287,17 @@ def test_acceptance_checks_at_their_thresholds():
     assert v.startswith("Verdict: the target is NOT reached") and "+5.0, +6.0, +4.9" in v
     assert "target >= -2: not met" in v  # seed 1 misses it, so seed 2 not having run it changes nothing
     partial = [{**a, "vs_lead_far": d(0.0, -1)} for a in acc[:2]] + acc[2:]
-    assert "target >= -2: not determined (not run)" in verdict(partial)  # the seeds that ran pass; seed 2 did not run
+    assert "target >= -2: not determined (met in the 2 seed(s) run)" in verdict(partial)  # seed 2 did not run it
+    assert "target >= -2: not determined (not run)" in verdict(
+        [{k: v for k, v in a.items() if k != "vs_lead_far"} for a in partial]
+    )
     # one failing seed decides, however many seeds ran; passing seeds alone decide nothing
     one = verdict(acc[1:2])
     assert one.startswith("Verdict: the target is NOT reached") and one.endswith("1 of the 3 seeds ran.")
     assert "(+6.0 F1 per seed, target >= +5 with CI > 0: not met" in one.replace("r=4: ", "(")
     assert verdict(acc[:1]).startswith("Verdict: not determined: the r=4 comparison ran for 1 of 3 seeds")
+    fails_r4 = [{"seed": 0, "vs_lead": d(-9.4, -12), "vs_ids": d(-1.9, -4), "vs_lead_far": d(-0.5, -3)}]
+    assert "target >= -2: not determined (met in the 1 seed(s) run)" in verdict(fails_r4)
     good = [{"seed": s, "vs_lead": d(5.5, 0.5), "vs_ids": d(3.5, 1), "vs_lead_far": d(0.0, -1)} for s in range(3)]
     v = verdict(good)
     assert v.startswith("Verdict: latent compression beats lead-M as required") and ": met" in v

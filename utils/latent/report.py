@@ -174,7 +174,13 @@ def verdict(acc: list[dict], n_seeds_required: int = 3) -> str:
     t1, t2, t3 = status("vs_lead"), status("vs_ids"), status("vs_lead_far")
     if len(done) < n_seeds_required and t1 is not False and t3 is not False:
         return f"Verdict: not determined: the r=4 comparison ran for {len(done)} of {n_seeds_required} seeds."
-    word = {True: "met", False: "not met", None: "not determined (not run)"}
+
+    def word(k, t):
+        if t is not None:
+            return "met" if t else "not met"
+        ran = sum(k in a for a in done)
+        return f"not determined (met in the {ran} seed(s) run)" if ran else "not determined (not run)"
+
     d1 = ", ".join(f"{a['vs_lead']['diff']:+.1f}" for a in done)
     d2 = ", ".join(f"{a['vs_ids']['diff']:+.1f}" for a in done if "vs_ids" in a) or "not run"
     d3 = ", ".join(f"{a['vs_lead_far']['diff']:+.1f}" for a in done if "vs_lead_far" in a) or "not run"
@@ -190,8 +196,8 @@ def verdict(acc: list[dict], n_seeds_required: int = 3) -> str:
         None: "whether its continuous part adds 3 F1 over its own selection as ids is not determined",
     }[t2]
     return (
-        f"{head} (latent - lead-M at r=4: {d1} F1 per seed, target >= +5 with CI > 0: {word[t1]}; "
-        f"at r=10: {d3}, target >= -2: {word[t3]}), and {cont} ({d2} F1 per seed)."
+        f"{head} (latent - lead-M at r=4: {d1} F1 per seed, target >= +5 with CI > 0: {word('vs_lead', t1)}; "
+        f"at r=10: {d3}, target >= -2: {word('vs_lead_far', t3)}), and {cont} ({d2} F1 per seed)."
         + (f" {len(done)} of the {n_seeds_required} seeds ran." if len(done) < n_seeds_required else "")
     )
 
