@@ -43,12 +43,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..device import resolve_device
 from ..progress import progress_bar
 from ..spectral import FactoredKernels
-from ..spectral.factored import as_f64
 from ..spectral.null import zscore
-from .heads import kv_head_index, layer_kernels, qk_kernels
+from .heads import layer_kernels
 
 COMPOSITIONS = ("q", "k", "v")
 RIGHT_FAMILY = {"q": "qk_rows", "k": "qk_cols", "v": "ov_cols"}
@@ -224,35 +222,24 @@ def directionality(K: FactoredKernels, num_std: float = 2.0) -> np.ndarray:
     return torch.where(den > 0, (ec - er) / torch.where(den > 0, den, 1), 0).cpu().numpy()
 
 
-def layer_qk(src, layer: int, device=None, weights: tuple | None = None) -> FactoredKernels:
+def layer_qk(src, layer: int, device=None) -> FactoredKernels:
     """The whole layer's QK matrix ``sum_i A_i = W_q^T W_k'`` (``W_k'``: each KV head repeated for its
-    query heads) as one factored kernel, the unit the attention-geometry code scores. ``weights``: the
-    layer's ``(W_q, W_k)`` when the caller has loaded them already."""
-    D = src.dims
-    Wq, Wk = weights if weights is not None else _qk_weights(src, layer)
-    Wq, Wk = as_f64(Wq, device), as_f64(Wk, device)
-    Wk = Wk.reshape(D.n_kv, D.d_head, -1)[torch.as_tensor(kv_head_index(D.h, D.n_kv))].reshape(D.h * D.d_head, -1)
-    return FactoredKernels(Wq.mT[None], Wk[None])
-
-
-def _qk_weights(src, layer: int) -> tuple:
-    return src.layer_weight(layer, "q", dtype=None), src.layer_weight(layer, "k", dtype=None)
+    query heads) as one factored kernel, the unit the attention-geometry code scores."""
+    return layer_kernels(src, layer, "qk", device).summed()
 
 
 def directionality_table(src, layers=None, device=None, progress: bool = True) -> pd.DataFrame:
     """Per head and per layer directionality of the QK kernels: ``layer, head`` (-1 for the whole layer), ``score``.
 
-    Each layer's W_q and W_k are read once and serve both the per-head kernels and the whole-layer one."""
+    Each layer's W_q and W_k are read once: the whole-layer kernel is the sum of the head kernels."""
     D = src.dims
     layers = range(D.L) if layers is None else layers
-    dev = None if device is None else resolve_device(device)
     rows = []
     for li in progress_bar(list(layers), desc="directionality", unit="layer", disable=not progress):
-        Wq, Wk = _qk_weights(src, li)
-        for hd, s in enumerate(directionality(qk_kernels(Wq, Wk, D.h, D.n_kv, D.d_head, dev))):
+        K = layer_kernels(src, li, "qk", device)
+        for hd, s in enumerate(directionality(K)):
             rows.append({"layer": li, "head": hd, "directionality": float(s)})
-        whole = directionality(layer_qk(src, li, device, weights=(Wq, Wk)))[0]
-        rows.append({"layer": li, "head": -1, "directionality": float(whole)})
+        rows.append({"layer": li, "head": -1, "directionality": float(directionality(K.summed())[0])})
     return pd.DataFrame(rows)
 
 

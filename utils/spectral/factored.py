@@ -171,6 +171,14 @@ class FactoredKernels:
         """The (B, d, d) kernels as dense float64 matrices: O(B d^2) memory, for references only."""
         return self.X @ self.Y[torch.as_tensor(self.index, device=self.Y.device)]
 
+    def summed(self) -> "FactoredKernels":
+        """The sum of the batch as one kernel, exactly and still factored: ``sum_i X[i] Y[index[i]] =
+        [X_1 ... X_B] [Y_index1; ...; Y_indexB]`` (d x B r times B r x d), e.g. a layer's whole QK matrix."""
+        B, d, r = self.X.shape
+        X = self.X.permute(1, 0, 2).reshape(d, B * r)
+        Y = self.Y[torch.as_tensor(self.index, device=self.Y.device)].reshape(B * r, -1)
+        return FactoredKernels(X[None], Y[None])
+
     def frobenius_sq(self) -> np.ndarray:
         """(B,) ||A_i||_F^2 = tr((X^T X)(Y Y^T)), from r x r matrices."""
         Yg = self.Y[torch.as_tensor(self.index, device=self.Y.device)]
