@@ -26,17 +26,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
-def pread_exact(fd: int, buf, offset: int, short: str) -> None:
-    """Fill the writable buffer ``buf`` with the bytes of ``fd`` from ``offset`` (``preadv`` until full).
-
-    A file that ends first raises ``EOFError(short)``; the caller words ``short`` (the file and what was
-    being read) and re-raises it as its own format error.
-    """
+def pread_exact(fd: int, buf, offset: int, short: Exception) -> None:
+    """Fill the writable buffer ``buf`` with the bytes of ``fd`` from ``offset`` (``preadv`` until full);
+    a file that ends first raises ``short``, the caller's own error naming the file and what was read."""
     mv, got = memoryview(buf).cast("B"), 0
     while got < len(mv):
         n = os.preadv(fd, [mv[got:]], offset + got)
         if n <= 0:
-            raise EOFError(short)
+            raise short
         got += n
 
 

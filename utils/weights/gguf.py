@@ -208,11 +208,8 @@ class GGUFFile:
         with self._lock:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDONLY)
-        short = f"{self.path} ended while reading {name!r} (it shrank after it was opened)"
-        try:
-            pread_exact(self._fd, buf, info.offset, short)
-        except EOFError as err:
-            raise GGUFFormatError(str(err)) from None
+        short = GGUFFormatError(f"{self.path} ended while reading {name!r} (it shrank after it was opened)")
+        pread_exact(self._fd, buf, info.offset, short)
         return buf
 
     def tensor(self, name: str) -> torch.Tensor:

@@ -196,14 +196,11 @@ class Checkpoint:
         e = self.entries[name]
         t = torch.empty(e.shape, dtype=DTYPES[e.dtype])
         if e.nbytes:
-            short = (
+            short = CheckpointFormatError(
                 f"{e.file} ended while reading tensor {name!r} (it shrank after the checkpoint was opened); "
                 f"{REDOWNLOAD}"
             )
-            try:
-                pread_exact(self._fd(e.file), t.reshape(-1).view(torch.uint8).numpy(), e.start, short)
-            except EOFError as err:
-                raise CheckpointFormatError(str(err)) from None
+            pread_exact(self._fd(e.file), t.reshape(-1).view(torch.uint8).numpy(), e.start, short)
         return t
 
     def close(self) -> None:
