@@ -36,8 +36,7 @@ def _angles(Va: torch.Tensor, Vb: torch.Tensor) -> np.ndarray:
 
 def principal_angles(Wa, Wb, k: int) -> np.ndarray:
     """Principal angles (radians, ascending) between the top-k singular subspaces of two same-shape matrices."""
-    Wa, Wb = torch.as_tensor(Wa).to(torch.float64), torch.as_tensor(Wb).to(torch.float64)
-    return _angles(gram_svd(Wa, k)[1], gram_svd(Wb, k)[1])
+    return _angles(gram_svd(Wa, k)[1], gram_svd(Wb, k)[1])  # the Gram converts to float64 block by block
 
 
 def weight_diff(Wa, Wb, top_k: int = 16, keep: int = 32, rank_rtol: float = RANK_RTOL) -> dict:

@@ -94,11 +94,6 @@ def context_features(
     return H.to(device), E, mask.to(device)
 
 
-def context_batch(llm, ts: TrainSet, idx: Sequence[int], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`context_features` of the training set's contexts ``idx``."""
-    return context_features(llm, ts.ctx_ids, ts.hidden, idx, device)
-
-
 def label_loss(scores: torch.Tensor, mask: torch.Tensor, labels: Sequence[torch.Tensor]) -> torch.Tensor:
     y = torch.zeros_like(scores)
     for b, lab in enumerate(labels):
@@ -114,7 +109,7 @@ def lm_loss(llm, comp, cfg: TrainConfig, ts: TrainSet, items, ratio: float, pref
     anchor (:func:`utils.latent.experiment.question_ids`).
     """
     dev = comp.target_rms.device
-    H, E, mask = context_batch(llm, ts, [it[0] for it in items], dev)
+    H, E, mask = context_features(llm, ts.ctx_ids, ts.hidden, [it[0] for it in items], dev)
     vecs, s = comp(H, E, mask, ratio)
     prompts = [[v, it[1]] for v, it in zip(vecs, items)]
     answers = [it[2] for it in items]
@@ -205,7 +200,7 @@ def train_module(
         opt.zero_grad(set_to_none=True)
         if ph == "salience":
             idx = [rng.randrange(len(ts.ctx_ids)) for _ in range(cfg.batch_size)]
-            H, _, mask = context_batch(llm, ts, idx, comp.target_rms.device)
+            H, _, mask = context_features(llm, ts.ctx_ids, ts.hidden, idx, comp.target_rms.device)
             loss = label_loss(comp.trunk(H, mask)[1], mask, [ts.labels[i] for i in idx])
             parts = {"salience": float(loss.detach())}
         else:
