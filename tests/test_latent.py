@@ -1,6 +1,8 @@
 """Latent compression on a tiny random-init llama: the scaffold, the KV-prefix cache against the uncached
 reader, grouped greedy decoding against a plain reference, the compressors, training, checkpoints."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -10,12 +12,25 @@ from utils.latent.squad import synthetic_examples
 from utils.weights import load_model
 
 
+def encode_examples(sc, examples):
+    """Token ids of each example's pieces: scaffold prefix, context, question part, first gold answer."""
+    return [
+        SimpleNamespace(
+            pre=sc.pre_ids,
+            context=prompts.encode(sc.tokenizer, e.context),
+            post=sc.post_ids(e.question),
+            answer=sc.answer_ids(e.answers[0]),
+        )
+        for e in examples
+    ]
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_llama_dir):
     model, tok = load_model(str(tiny_llama_dir))
     sc = prompts.make_scaffold(tok)
     ex = synthetic_examples(4, seed=5)[:10]
-    return model, tok, sc, ex, prompts.encode_examples(sc, ex)
+    return model, tok, sc, ex, encode_examples(sc, ex)
 
 
 def test_scaffold_and_anchor(tiny):

@@ -1,4 +1,4 @@
-"""The shared chat scaffold of notebook 04, the reader's embeddings, and batching helpers.
+"""The shared chat scaffold of notebook 04, the reader's embeddings, and right padding.
 
 A prompt is a list of *segments*: 1-D ``LongTensor`` token ids, or ``(k, d)`` float tensors that go
 straight into ``inputs_embeds``. Every mode uses the same chat scaffold::
@@ -114,38 +114,6 @@ def make_scaffold(
     return Scaffold(
         tokenizer, pre_ids, (qa, qb), anchor, encode(tokenizer, anchor) if anchor else torch.zeros(0, dtype=torch.long)
     )
-
-
-@dataclass
-class EncodedExample:
-    """Token ids of one example's pieces (1-D long tensors)."""
-
-    pre: torch.Tensor
-    context: torch.Tensor
-    post: torch.Tensor
-    answer: torch.Tensor  # first gold answer, plain continuation
-    answer_anchored: torch.Tensor  # first gold answer after the anchor
-    anchor: torch.Tensor  # the scaffold's anchor ids
-
-
-def encode_examples(scaffold: Scaffold, examples, max_context_tokens: int | None = None) -> list[EncodedExample]:
-    """Tokenise the context, question and first gold answer of each example."""
-    out = []
-    for e in examples:
-        ctx = encode(scaffold.tokenizer, e.context)
-        if max_context_tokens:
-            ctx = ctx[:max_context_tokens]
-        out.append(
-            EncodedExample(
-                scaffold.pre_ids,
-                ctx,
-                scaffold.post_ids(e.question),
-                scaffold.answer_ids(e.answers[0]),
-                scaffold.answer_ids(e.answers[0], True),
-                scaffold.anchor_ids,
-            )
-        )
-    return out
 
 
 # ----------------------------------------------------------------------------- context representations
