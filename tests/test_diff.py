@@ -76,9 +76,12 @@ def test_mismatched_architectures_are_refused_naming_the_first_difference(tiny_l
     a = open_weights(tiny_llama_dir)
     with pytest.raises(ArchitectureMismatch, match="family 'llama' in A .* and 'gpt2' in B"):
         diff_sweep(a, open_weights(tiny_gpt2_dir), progress=False)
-    qwen = build_tiny_checkpoint("qwen2", tmp_path / "qwen")  # family llama too, 2 layers and 1 KV head
-    with pytest.raises(ArchitectureMismatch, match=r"layers \(L\) is 3 in A .* and 2 in B"):
+    qwen = build_tiny_checkpoint("qwen2", tmp_path / "qwen")  # another family with the same tensor names
+    with pytest.raises(ArchitectureMismatch, match="family 'llama' in A .* and 'qwen2' in B"):
         diff_sweep(a, open_weights(qwen), progress=False)
+    short = build_tiny_checkpoint("llama", tmp_path / "short", num_hidden_layers=2)
+    with pytest.raises(ArchitectureMismatch, match=r"layers \(L\) is 3 in A .* and 2 in B"):
+        diff_sweep(a, open_weights(short), progress=False)
     narrow = build_tiny_checkpoint("llama", tmp_path / "narrow", head_dim=8)
     with pytest.raises(ArchitectureMismatch, match=r"head width \(d_head\) is 16 in A .* and 8 in B"):
         head_diff(a, open_weights(narrow), progress=False)

@@ -76,7 +76,13 @@ def diff_sweep(a, b, top_k: int = 16, rank_rtol: float = RANK_RTOL, progress: bo
     def work(pair):
         ra, rb = pair
         d = weight_diff(a.load(ra, dtype=None), b.load(rb, dtype=None), top_k, rank_rtol=rank_rtol)
-        return {"layer_idx": ra.layer, "weight_type": ra.weight_type, "shape": f"{ra.shape[0]}x{ra.shape[1]}", **d}
+        return {
+            "layer_idx": ra.layer,
+            "weight_type": ra.weight_type,
+            "expert": ra.expert,
+            "shape": f"{ra.shape[0]}x{ra.shape[1]}",
+            **d,
+        }
 
     bar = progress_bar(total=len(pairs), desc="weight diff", unit="matrix", disable=not progress)
     rows = []

@@ -12,6 +12,8 @@ from .sweep import PER_LAYER_ORDER, PRECISIONS, SweepCache, weight_sweep
 from .tables import (
     MODEL_LEVEL_COLUMNS,
     PhaseAnalysis,
+    expert_spread,
+    experts_averaged,
     extremes,
     largest_transitions,
     layer_table,
@@ -35,6 +37,8 @@ __all__ = [
     "rmt_sweep",
     "with_null_ratios",
     "MODEL_LEVEL_COLUMNS",
+    "experts_averaged",
+    "expert_spread",
     "extremes",
     "layer_table",
     "with_full_rank",

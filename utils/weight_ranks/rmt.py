@@ -113,9 +113,8 @@ def rmt_sweep(src, null: bool = True, seed: int = 0, n_boot: int = 0, policy: st
     ``df`` has the sweep's columns, the RMT columns and (with ``null``) the null columns and ratios;
     ``spectra`` / ``null_spectra`` map each matrix name to its singular values (trained / permuted).
     """
-    from ..diff.match import check_complete
-
-    check_complete(src)  # a missing layer: one clear message before the sweep, not a crash halfway
+    if hasattr(src, "check_complete"):
+        src.check_complete()  # a missing layer: one clear message before the sweep, not a crash halfway
     hook = RMTColumns(null=null, seed=seed, n_boot=n_boot, policy=policy, keep_null_spectra=null)
     df, spectra = weight_sweep(src, per_matrix=hook, keep_spectra=True, **sweep_kw)
     null_spectra = {}

@@ -11,8 +11,59 @@ from ..spectral import ENERGY_LEVELS, energy_count, energy_share
 from .sweep import PER_LAYER_ORDER
 
 
+def experts_averaged(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (layer, weight type): the experts of a mixture-of-experts block averaged (every numeric
+    column the mean over the block's experts, ``n_experts`` their count); unchanged for a dense model."""
+    if "expert" not in df or not (df["expert"] >= 0).any():
+        return df
+    dense = df[df["expert"] < 0]
+    ex = df[df["expert"] >= 0]
+    num = [c for c in ex.columns if pd.api.types.is_numeric_dtype(ex[c]) and c not in ("layer_idx", "expert")]
+    keys = ["layer_idx", "weight_type"]
+    agg = ex.groupby(keys, sort=False)[num].mean()
+    first = ex.groupby(keys, sort=False)[[c for c in ex.columns if c not in num + keys]].first()
+    merged = pd.concat([agg, first], axis=1).reset_index()
+    merged["n_experts"] = ex.groupby(keys, sort=False).size().to_numpy()
+    merged["expert"] = -2  # marks a row that averages experts
+    merged["name"] = merged["name"].str.replace(r"\[\d+\]", "[*]", regex=True)
+    out = pd.concat([dense, merged[[c for c in list(df.columns) + ["n_experts"] if c in merged]]], ignore_index=True)
+    order = {t: i for i, t in enumerate(PER_LAYER_ORDER)}
+    out["_l"] = out["layer_idx"].where(out["layer_idx"] >= 0, 10**9)
+    out["_o"] = out["weight_type"].map(lambda t: order.get(t, 99))
+    return out.sort_values(["_l", "_o", "weight_type"], kind="stable").drop(columns=["_l", "_o"]).reset_index(drop=True)
+
+
+def expert_spread(df: pd.DataFrame, metrics=("eff_rank", "alpha")) -> pd.DataFrame:
+    """How much the experts of one block differ: per (layer, weight type) of a mixture of experts, the count,
+    mean, std, min and max over the experts of each metric, and beside it the same spread of the permuted
+    null (``null_<metric>``, when the sweep computed it): the spread the experts' entry distributions alone
+    give. Empty for a dense model."""
+    if "expert" not in df or not (df["expert"] >= 0).any():
+        return pd.DataFrame()
+    ex = df[df["expert"] >= 0]
+    rows = []
+    for (layer, wt), g in ex.groupby(["layer_idx", "weight_type"], sort=False):
+        row = {"layer": layer, "weight_type": wt, "experts": len(g)}
+        for m in metrics:
+            for col, tag in ((m, m), (f"null_{m}", f"null {m}")):
+                if col in g:
+                    x = g[col].to_numpy(dtype=float)
+                    row.update(
+                        {
+                            f"{tag} mean": np.nanmean(x),
+                            f"{tag} std": np.nanstd(x),
+                            f"{tag} min": np.nanmin(x),
+                            f"{tag} max": np.nanmax(x),
+                        }
+                    )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def per_layer(df: pd.DataFrame) -> pd.DataFrame:
-    """Only the per-layer matrices (drops embeddings), sorted by layer."""
+    """Only the per-layer matrices (drops embeddings), sorted by layer; the experts of a block averaged
+    (:func:`experts_averaged`)."""
+    df = experts_averaged(df)
     return df[df["layer_idx"] >= 0].sort_values(["layer_idx"], kind="stable")
 
 
