@@ -248,8 +248,8 @@ def weight_sweep(
     Returns a DataFrame (one row per matrix; columns ``layer_idx, weight_type, expert, shape, rows, cols,
     name, n_sv, eff_rank, stable_rank, spectral_norm, frobenius_norm, sigma_min, condition_number,
     n50, n75, n90, n95, n99``; ``layer_idx`` is -1 for embeddings, ``expert`` -1 outside the experts), and,
-    if ``keep_spectra``, also a dict ``name -> singular values`` (float64, descending). ``df.attrs`` records ``cache`` (the
-    results file or None), ``reused`` and ``computed`` (matrices read back / computed now).
+    if ``keep_spectra``, also a dict ``name -> singular values`` (float64, descending). ``df.attrs`` records
+    ``cache`` (the results file or None), ``reused`` and ``computed`` (matrices read back / computed now).
     device: ``"auto"`` / ``None`` (GPU if present), ``"cpu"`` or ``"cuda"``.
     batched: stack same-shape matrices (up to ``batch_bytes`` of float32) into one batched SVD;
     default: on a GPU only. Otherwise ``workers`` threads take one matrix each (Gram).
