@@ -454,7 +454,8 @@ FAMILIES: dict[str, Family] = {
                 "down": "mlp.dense_4h_to_h.weight",
                 "down_bias": "mlp.dense_4h_to_h.bias",
             },
-            hf_model={"W_embed": "{p}embed_in.weight", "W_unembed": "embed_out.weight"},
+            # transformers 5 holds the head as lm_head in memory and saves it as embed_out
+            hf_model={"W_embed": "{p}embed_in.weight", "W_unembed": ("embed_out.weight", "lm_head.weight")},
             gguf_archs=("gptneox",),
             gguf={
                 "qkv": "blk.{i}.attn_qkv.weight",

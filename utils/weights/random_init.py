@@ -148,6 +148,7 @@ class RandomInitWeights(WeightSource):
         located through the family's table, as a checkpoint's tensors are)."""
         params = dict(model.named_parameters())
         layout = Layout(self.fam, self.config, params, source="the transformers model")
+        written = 0
         with torch.no_grad():
             for i in range(self.dims.L):
                 for role, e in layout.layer_roles(i):
@@ -158,6 +159,7 @@ class RandomInitWeights(WeightSource):
                     if loc.transpose:
                         target = target.T
                     W = self._matrix(i, role, e)
+                    written += W.numel()
                     if loc.rows is None:
                         target.copy_(W)
                     elif loc.rows[0] == "slice":
@@ -166,6 +168,13 @@ class RandomInitWeights(WeightSource):
                         target[torch.as_tensor(loc.rows[1])] = W
             for wt, n in layout.model_level(self.tied):
                 params[n].copy_(self._raw(wt))
+                written += params[n].numel()
+        total = sum(p.numel() for p in params.values() if p.ndim >= 2)
+        if written != total:  # a matrix the table did not place: never leave the architecture's draw silently
+            raise RuntimeError(
+                f"random init of {self.name}: {written} of the model's {total} matrix elements were set from the "
+                "streamed matrices; the family table misses a tensor name (utils/weights/families.py)"
+            )
 
 
 def random_config(rs: RandomSpec):
@@ -184,12 +193,11 @@ def open_random(rs: RandomSpec, name: str | None = None) -> RandomInitWeights:
     return RandomInitWeights(cfg, seed=rs.seed, name=name, base=rs.base)
 
 
-def build_random_model(rs: RandomSpec, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
-    """``(model, tokenizer)`` for a ``random:`` spec: the architecture built from its configuration
+def random_model(rs: RandomSpec, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
+    """The runnable ``transformers`` model of a ``random:`` spec: the architecture built from its configuration
     with its own initialiser (``torch.manual_seed(seed)``), every matrix then set to the one
-    :class:`RandomInitWeights` streams; the tokenizer is the named model's."""
+    :class:`RandomInitWeights` streams."""
     import transformers
-    from transformers import AutoTokenizer
 
     src = open_random(rs)
     kw = {"dtype": dtype}
@@ -198,6 +206,14 @@ def build_random_model(rs: RandomSpec, dtype: torch.dtype = torch.float32, attn_
     torch.manual_seed(src.seed)
     model = getattr(transformers, src.fam.auto_class).from_config(src.config, **kw)
     src.fill_model(model)
+    return model
+
+
+def build_random_model(rs: RandomSpec, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
+    """``(model, tokenizer)`` for a ``random:`` spec (:func:`random_model`); the tokenizer is the named model's."""
+    from transformers import AutoTokenizer
+
+    model = random_model(rs, dtype, attn_implementation)
     kind, where = resolve_model(rs.base)
     if kind == "gguf":
         tok = AutoTokenizer.from_pretrained(str(Path(where).parent), gguf_file=Path(where).name)
@@ -206,4 +222,4 @@ def build_random_model(rs: RandomSpec, dtype: torch.dtype = torch.float32, attn_
     return model, tok
 
 
-__all__ = ["RandomInitWeights", "build_random_model", "open_random", "random_config", "tensor_seed"]
+__all__ = ["RandomInitWeights", "build_random_model", "open_random", "random_config", "random_model", "tensor_seed"]
