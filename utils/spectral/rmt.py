@@ -86,19 +86,45 @@ class MPFit:
         return {("" if k in ("n_spikes", "spike_mass") else prefix) + k: v for k, v in d.items()}
 
 
-def mp_median(ratio: float, grid: int = 4001) -> float:
+def mp_median(ratio: float, grid: int = 8001) -> float:
     """Median of the Marchenko-Pastur law with unit variance and aspect ratio ``ratio = M / N``.
 
     The CDF is integrated in ``lambda = a + (b - a) sin^2(theta)``, which removes the square-root
-    singularities at both ends of the support ``[a, b]``.
+    singularities at both ends of the support ``[a, b]``: the density times ``d lambda`` is
+    ``(b - a)^2 2 cos^2(theta) sin^2(theta) / (2 pi ratio lambda) d theta``, finite everywhere. At
+    ``theta = 0`` the factor ``sin^2(theta) / lambda`` is 0 when ``a > 0`` and ``1 / b`` when ``a = 0``
+    (a square matrix, ``ratio = 1``, whose density is ``1 / (pi sqrt lambda)``-like at 0, not zero).
     """
     a, b = mp_bounds(1.0, ratio)
-    th = np.linspace(0.0, np.pi / 2, grid)
-    lam = a + (b - a) * np.sin(th) ** 2
+    th = np.pi / 2 * np.linspace(0.0, 1.0, grid) ** 3  # dense near 0, where a square matrix's density peaks
+    s2 = np.sin(th) ** 2
+    lam = a + (b - a) * s2
     with np.errstate(invalid="ignore", divide="ignore"):
-        f = np.where(lam > 0, (b - a) ** 2 * 2 * (np.sin(th) * np.cos(th)) ** 2 / (2 * np.pi * ratio * lam), 0.0)
+        s2_over_lam = np.where(s2 > 0, s2 / lam, 0.0 if a > 0 else 1.0 / (b - a))
+    f = (b - a) ** 2 * 2 * np.cos(th) ** 2 * s2_over_lam / (2 * np.pi * ratio)
     cdf = np.concatenate([[0.0], np.cumsum((f[1:] + f[:-1]) / 2 * np.diff(th))])
     return float(np.interp(0.5, cdf / cdf[-1], lam))
+
+
+def noise_edge(var, seed: int = 0, iters: int = 80, block: int = 4) -> float:
+    """The largest singular value of a noise matrix whose entries have the variances ``var`` (a tensor of the
+    matrix's shape): the edge above which a singular value of a quantised matrix stands out of its rounding
+    noise. A Gaussian surrogate with exactly that variance profile (seeded) is drawn and its top singular
+    value taken by block power iteration with Rayleigh-Ritz (``block`` vectors, ``iters`` steps): the edge
+    of a non-uniform profile (rows and columns of different scales) has no closed form, and the i.i.d.
+    Marchenko-Pastur edge ``sigma (sqrt N + sqrt M)`` of the mean variance underestimates it when the
+    scales differ (the test measures both against the spectrum of a real rounding error).
+    """
+    import torch
+
+    v = torch.as_tensor(var, dtype=torch.float32)
+    g = torch.Generator().manual_seed(int(seed) % (2**63 - 1))
+    G = torch.randn(v.shape, generator=g, dtype=torch.float32).mul_(v.sqrt())
+    Q = torch.linalg.qr(torch.randn(G.shape[1], block, generator=g, dtype=torch.float32))[0]
+    for _ in range(iters):
+        Q = torch.linalg.qr(G.T @ (G @ Q))[0]
+    top = torch.linalg.svdvals((G @ Q).double())[0]
+    return float(top)
 
 
 def mp_fit(lam, N: int, M: int | None = None, t: float = TW1_Q999) -> MPFit:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .families import D_IN_ROLES, D_OUT_ROLES, WEIGHT_TYPE, Family, UnsupportedArchitecture, family_of, gguf_family
-from .gguf import GGUFFile
+from .gguf import QUANT_NAMES, GGUFFile
 from .layout import VECTOR_KEYS, Layout, Loc, MissingTensor, ModelDims, dims_of, select_rows
 from .shards import INDEX_NAME, Checkpoint
 from .specs import ModelNotFound
@@ -457,14 +457,21 @@ class GGUFWeights(WeightSource):
             raise KeyError(f"tensor {name!r} not in {self.path}")
         return self.gguf.tensor(name)
 
-    def quant_type(self, ref: MatrixRef) -> int:
-        """The ggml type a matrix is stored in (for the quantisation-noise model)."""
-        name = (
-            self.layout.locate(ref.layer, ref.role, None if ref.expert < 0 else ref.expert).name
+    def rounding_noise(self, ref: MatrixRef) -> tuple[str, torch.Tensor] | None:
+        """``(quantisation type, variance of each value's rounding error)`` of a block-quantised matrix (the
+        variance's shape is the matrix's), or None for a matrix stored unquantised (F32 / F16 / BF16) or in a
+        type without a noise model here (:func:`utils.weights.gguf.rounding_steps`)."""
+        loc = (
+            self.layout.locate(ref.layer, ref.role, None if ref.expert < 0 else ref.expert)
             if ref.role
-            else (ref.name)
+            else Loc(ref.name)
         )
-        return self.gguf.tensors[name].ggml_type
+        qtype = self.gguf.tensors[loc.name].ggml_type
+        var = self.gguf.rounding_variance(loc.name, loc.index)
+        if var is None:
+            return None
+        var = select_rows(loc, var)
+        return QUANT_NAMES.get(qtype, str(qtype)), var.reshape(ref.shape)
 
     def _model_level(self) -> list[MatrixRef]:
         out = [MatrixRef(n, -1, wt, tuple(self.gguf.tensors[n].shape)) for wt, n in self.layout.model_level(False)]
