@@ -47,15 +47,17 @@ rank_k_max: int = 4  # largest k of the rank-k correction follow-up (0 skips it)
 n_boot: int = 2000  # bootstrap resamples over heads for the correlation intervals
 boot_seed: int = 0  # seed of the bootstrap
 heads_to_plot: int = 4  # heads whose spectral shapes across layers are drawn
+kernel: str = "raw"  # raw (products of the checkpoint's weights) or folded (the form on the normalised stream)
 
 # %%
-from utils import plots, rescale
+from utils import attention, plots, rescale
 from utils.rescale import tables
 from utils.running import start_run
 from utils.running.params import ParameterError, check_file
 
 run = start_run("03_sa_rescale", globals(), positive=("seq_len", "n_seqs", "batch_size", "heads_to_plot"),
-                nonnegative=("skip_first", "rank_k_max", "n_boot"), choices={"anchor": rescale.ANCHORS})
+                nonnegative=("skip_first", "rank_k_max", "n_boot"),
+                choices={"anchor": rescale.ANCHORS, "kernel": attention.KERNELS})
 if skip_first >= seq_len:
     raise ParameterError(f"skip_first={skip_first} must be smaller than seq_len={seq_len}")
 if geometry_json:
@@ -64,7 +66,9 @@ if geometry_json:
 # %% [markdown]
 # ## Geometry
 #
-# Static: singular values of every head's `W_Q_h^T W_K_h` (exact factored computation, float64).
+# Static: singular values of every head's QK kernel (exact factored computation, float64), `W_Q_h^T W_K_h`
+# with `kernel = raw`, the bilinear form on the normalised residual stream with `kernel = folded` (norm gains,
+# QK-norm, the scale; `utils.attention.forms`); the geometry records which.
 # Dynamic: mean attention entropy per head over a text sample, by the rule printed below. A supplied
 # `geometry_json` replaces both and no model is loaded. The geometry analysed is saved as `geometry.json`.
 
@@ -75,8 +79,8 @@ with run.timer("geometry"):
         source = f"supplied JSON `{geometry_json}`" + (f" (model: {geo['model']})" if "model" in geo else "")
     else:
         geo = rescale.extract_geometry(model, text_path=text_path or None, seq_len=seq_len, n_seqs=n_seqs,
-                                       skip_first=skip_first, batch_size=batch_size)
-        source = f"extracted from `{geo['model']}`"
+                                       skip_first=skip_first, batch_size=batch_size, kernel=kernel)
+        source = f"extracted from `{geo['model']}` ({kernel} kernels)"
 run.save_json(geo, "geometry.json")
 sigma, ent = rescale.collect_spectra(geo), rescale.collect_entropy(geo)
 entropy_rule = geo.get("entropy_rule", "not stated in the supplied JSON")

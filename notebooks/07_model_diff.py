@@ -20,7 +20,8 @@
 # and an unquantised file) are matched weight by weight and streamed: two matrices in memory at a time.
 # Per weight: the relative change `‖ΔW‖_F/‖W_A‖_F`, the spectrum of `ΔW = W_B − W_A` with its effective,
 # stable and numerical rank (a fine-tune that is a low-rank update shows a small rank), and the principal
-# angles between the top-k singular subspaces of `W_A` and `W_B`. Per head: the change of the QK / OV
+# angles between the top-k singular subspaces of `W_A` and `W_B` (on the short side: the input-side, right
+# singular vectors of a square or tall matrix, the output-side, left ones of a wide one). Per head: the change of the QK / OV
 # singular values and symmetry. Mismatched architectures are refused with the first difference named.
 # By default model B is `random:<model A>`, the same network freshly initialised: the diff then shows
 # how far training moved each weight from where it started (as a distribution, not the exact start).
@@ -33,13 +34,14 @@ output_root: str = "output"  # results root; a relative path is taken from the p
 top_k: int = 16  # singular directions whose subspaces are compared by principal angles
 heads: bool = True  # also compare the QK / OV spectra and symmetry of every head
 top_layers: int = 10  # rows of the most-changed-layers table
+kernel: str = "raw"  # head kernels: raw (products of the checkpoint's weights) or folded (the form on the normalised stream)
 
 # %%
-from utils import diff, plots
+from utils import attention, diff, plots
 from utils.running import start_run
 from utils.weights import open_weights
 
-run = start_run("07_model_diff", globals(), positive=("top_k", "top_layers"))
+run = start_run("07_model_diff", globals(), positive=("top_k", "top_layers"), choices={"kernel": attention.KERNELS})
 a, b = open_weights(model), open_weights(model_b)
 pairs = diff.match_models(a, b)
 run.show(f"A: {a.name}; B: {b.name}; {len(pairs)} matched matrices.")
@@ -72,12 +74,14 @@ run.show(diff.changed_layers(df, top_layers).round(4))
 # ## Every head: QK / OV spectra and symmetry
 #
 # `sv_change` = ‖s_B − s_A‖/‖s_A‖ of a head's kernel singular values; `dsymmetry` the change of its symmetry
-# score (0 unchanged; a random kernel sits at ≈ 0.5).
+# score (0 unchanged; a random kernel sits at ≈ 0.5). The kernels are `raw` or `folded` (parameter `kernel`;
+# `folded` includes the norm gains, so a fine-tune that only moved the norms shows here and not above).
 
 # %%
 if heads:
+    run.show(" ".join(attention.attention_form(a, -1).notes(kernel)))
     with run.timer("head diff"):
-        hd = diff.head_diff(a, b)
+        hd = diff.head_diff(a, b, circuits=attention.circuits_of(a), kernel=kernel)
     run.save_csv(hd, "head_diff.csv")
     run.show(hd.nlargest(top_layers, "qk_sv_change").round(4))
 run.finish()

@@ -207,11 +207,11 @@ def is_encoder(cls: str) -> bool:
     return cls in ("BertConfig", "RobertaConfig")
 
 
-def make_config(case: str):
+def make_config(case: str, **overrides):
     import transformers as tf
 
     cls, kw, _ = CASES[case]
-    return getattr(tf, cls)(**kw)
+    return getattr(tf, cls)(**{**kw, **overrides})
 
 
 def randomise_vectors(model, seed: int) -> None:
@@ -230,13 +230,14 @@ def randomise_vectors(model, seed: int) -> None:
                 p.copy_(0.2 * noise)
 
 
-def build_case(case: str, folder: Path, seed: int = 0) -> Path:
-    """Save a tiny model of ``case`` (module docstring) into ``folder``; returns the folder."""
+def build_case(case: str, folder: Path, seed: int = 0, **overrides) -> Path:
+    """Save a tiny model of ``case`` (module docstring; ``overrides`` change its configuration) into
+    ``folder``; returns the folder."""
     import transformers as tf
     from safetensors.torch import save_file
 
     cls, _, opts = CASES[case]
-    cfg = make_config(case)
+    cfg = make_config(case, **overrides)
     torch.manual_seed(seed)
     auto = tf.AutoModel if is_encoder(cls) else tf.AutoModelForCausalLM
     model = auto.from_config(cfg)

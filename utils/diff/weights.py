@@ -6,8 +6,9 @@ For each matched pair ``W_a``, ``W_b`` (float64), ``dW = W_b - W_a``:
 * ``rel_change = ||dW||_F / ||W_a||_F``; ``spectral_change = ||dW||_2 / ||W_a||_2``;
 * the spectrum of ``dW`` (its top singular values are kept), its effective rank (Roy-Vetterli), stable
   rank and numerical ``rank`` (singular values above ``rank_rtol * sigma_max(dW)``; 0 for no change);
-* principal angles between the top-``k`` singular subspaces of ``W_a`` and ``W_b`` (of the short side,
-  from the eigenvectors of its Gram): ``angle_max`` (degrees) and ``overlap`` = mean cos^2 (1: same
+* principal angles between the top-``k`` singular subspaces of ``W_a`` and ``W_b`` on the short side (from
+  the eigenvectors of its Gram): the input-side (right) singular vectors of a square or tall matrix
+  (out >= in), the output-side (left) ones of a wide matrix: ``angle_max`` (degrees) and ``overlap`` = mean cos^2 (1: same
   subspace) beside ``overlap_null`` = k / n, its expectation for unrelated random subspaces. Identical
   matrices give exactly 0 and 1.
 

@@ -2,7 +2,9 @@
 
 * :func:`permute_entries`: a matrix with its entries randomly permuted (seeded). It keeps the element
   distribution (every value, hence the Frobenius norm) and destroys every correlation between rows and
-  columns, so its spectrum is the Marchenko-Pastur law of i.i.d. entries with the same variance.
+  columns. For light-tailed entries its spectrum is close to the Marchenko-Pastur law of i.i.d. entries with
+  the same variance; entries with outliers (a heavy-tailed entry distribution, high kurtosis, as trained
+  weights often have) give the null spikes of its own, so the null is the reference, not MP.
 * :func:`permute_residual`: the residual-stream coordinates (the ``d`` side) of a layer's weights
   permuted together, one permutation per layer. Each head's QK / OV kernel becomes ``P A P^T``: its own
   spectrum, symmetry and norm are unchanged, only its alignment with other layers is destroyed (the

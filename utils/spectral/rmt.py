@@ -10,8 +10,10 @@ its **empirical spectral density** (ESD) is the ``M`` eigenvalues ``lambda = sig
   margin of the largest noise eigenvalue: Johnstone (2001, Ann. Stat. 29:295) gives
   ``lambda_max(X^T X) ~ mu + s TW1`` for Gaussian ``X`` (N x M) with ``mu = (sqrt(N-1) + sqrt M)^2``,
   ``s = (sqrt(N-1) + sqrt M) (1/sqrt(N-1) + 1/sqrt M)^(1/3)``; the edge is ``s2 (mu + t s) / N``
-  with ``t`` the 99.9 % quantile of Tracy-Widom (TW1), so a pure-noise matrix shows a spike with
-  probability ~1e-3. **Spikes** are the eigenvalues above the edge; their **mass** is their share of ``sum
+  with ``t`` the 99.9 % quantile of Tracy-Widom (TW1), so a matrix of i.i.d. light-tailed (Gaussian-like)
+  entries shows a spike with probability ~1e-3. That holds for light tails only: heavy-tailed entries
+  (outlier weights, high kurtosis) put eigenvalues above the edge far more often, which is why every
+  matrix is also compared with its own permuted null. **Spikes** are the eigenvalues above the edge; their **mass** is their share of ``sum
   lambda`` (= of ``||W||_F^2``).
 * **Power-law tail** (:func:`powerlaw_fit`): Clauset, Shalizi & Newman (2009, SIAM Rev. 51:661). For
   every candidate cutoff ``xmin`` (each eigenvalue) the continuous MLE ``alpha = 1 + n / sum log(x /

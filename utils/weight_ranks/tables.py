@@ -237,3 +237,36 @@ MODEL_LEVEL_COLUMNS = [
     "n90",
     "n99",
 ]
+
+
+def quantisation_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per weight type of a quantised model: its quantisation type, the noise's share of ``||W||_F`` (median)
+    and the share of singular values above the noise edge (mean, min over layers); empty when nothing is
+    quantised."""
+    if "quant_edge" not in df:
+        return pd.DataFrame()
+    q = df[df["quant_edge"].notna()].assign(share=lambda d: d.n_above_quant_edge / d[["rows", "cols"]].min(axis=1))
+    rows = []
+    for wt in weight_types(q):
+        d = q[q.weight_type == wt]
+        rows.append(
+            {
+                "weight_type": wt,
+                "quantisation": ", ".join(sorted(set(d.quant_type))),
+                "matrices": len(d),
+                "noise / ‖W‖_F (median)": d.quant_noise_rel.median(),
+                "σ above noise edge (mean share)": d.share.mean(),
+                "σ above noise edge (min share)": d.share.min(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def down_projection(src, layer: int):
+    """``(matrix, label)``: the block's MLP output projection, W_down; a mixture-of-experts block's shared
+    expert's (or its first expert's) when it has no dense one."""
+    for role, expert in (("down", None), ("shared_down", None), ("down", 0)):
+        if (role, expert) in src.layer_roles(layer):
+            label = {"shared_down": "W_shared_down"}.get(role, "W_down") + ("" if expert is None else " of expert 0")
+            return src.layer_weight(layer, role, expert=expert), label
+    raise KeyError(f"block {layer} of {src.name} has no MLP output projection")
