@@ -8,9 +8,9 @@ For each matched pair ``W_a``, ``W_b`` (float64), ``dW = W_b - W_a``:
   rank and numerical ``rank`` (singular values above ``rank_rtol * sigma_max(dW)``; 0 for no change);
 * principal angles between the top-``k`` singular subspaces of ``W_a`` and ``W_b`` on the short side (from
   the eigenvectors of its Gram): the input-side (right) singular vectors of a square or tall matrix
-  (out >= in), the output-side (left) ones of a wide matrix: ``angle_max`` (degrees) and ``overlap`` = mean cos^2 (1: same
-  subspace) beside ``overlap_null`` = k / n, its expectation for unrelated random subspaces. Identical
-  matrices give exactly 0 and 1.
+  (out >= in), the output-side (left) ones of a wide matrix: ``angle_max`` (degrees) and ``overlap`` =
+  mean cos^2 (1: same subspace) beside ``overlap_null`` = k / n, its expectation for unrelated random
+  subspaces. Identical matrices give exactly 0 and 1.
 
 :func:`changed_layers` ranks the layers by ``||dW||_F^2 / ||W_a||_F^2`` summed over their matrices.
 """

@@ -13,7 +13,8 @@ its **empirical spectral density** (ESD) is the ``M`` eigenvalues ``lambda = sig
   with ``t`` the 99.9 % quantile of Tracy-Widom (TW1), so a matrix of i.i.d. light-tailed (Gaussian-like)
   entries shows a spike with probability ~1e-3. That holds for light tails only: heavy-tailed entries
   (outlier weights, high kurtosis) put eigenvalues above the edge far more often, which is why every
-  matrix is also compared with its own permuted null. **Spikes** are the eigenvalues above the edge; their **mass** is their share of ``sum
+  matrix is also compared with its own permuted null.
+  **Spikes** are the eigenvalues above the edge; their **mass** is their share of ``sum
   lambda`` (= of ``||W||_F^2``).
 * **Power-law tail** (:func:`powerlaw_fit`): Clauset, Shalizi & Newman (2009, SIAM Rev. 51:661). For
   every candidate cutoff ``xmin`` (each eigenvalue) the continuous MLE ``alpha = 1 + n / sum log(x /

@@ -12,8 +12,8 @@ from .sweep import PER_LAYER_ORDER, PRECISIONS, SweepCache, weight_sweep
 from .tables import (
     MODEL_LEVEL_COLUMNS,
     PhaseAnalysis,
-    expert_spread,
     down_projection,
+    expert_spread,
     experts_averaged,
     extremes,
     largest_transitions,
