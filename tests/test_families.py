@@ -37,6 +37,17 @@ from utils.weights import FAMILIES, open_weights
 T, B = 6, 2
 
 
+def record(built, check: str) -> None:
+    """Note a passed check for the README's family table (``make families`` sets TSPECTRA_CONFORMANCE)."""
+    import os
+
+    from utils.files import append_jsonl
+
+    path = os.environ.get("TSPECTRA_CONFORMANCE")
+    if path:
+        append_jsonl(path, {"case": built.case, "family": built.src.family, "check": check})
+
+
 def _module(root, path: str):
     for p in path.split("."):
         root = getattr(root, p)
@@ -190,6 +201,7 @@ def test_attention_logits_match_transformers(built):
             dt = (logp - logp[:, :, :1]).masked_fill(~mask, 0)
             assert dt.abs().max() > 1e-3, "the attention is too flat to test anything"
             assert _rel(dp, dt) < 1e-5, f"{built.case} layer {layer}: logits off by {_rel(dp, dt):.2e} relative"
+    record(built, "logits")
 
 
 # ------------------------------------------------------------------------------------------------- 2. OV
@@ -230,6 +242,7 @@ def test_ov_circuits_reproduce_the_attention_output(built):
             pred = fac["o"][:, None] * (written + sh["o"])
             target = fwd.cap[("post", layer)][b] if form.post_norm else out[b]
             assert _rel(pred, target) < 1e-6, f"{built.case} layer {layer}: folded OV off by {_rel(pred, target):.2e}"
+    record(built, "OV")
 
 
 # ------------------------------------------------------------------------------------------------ 3. MLP
@@ -294,6 +307,7 @@ def test_mlp_and_experts_reproduce_transformers(built):
                 shared = torch.sigmoid(gate_logit) * shared
             total = total + shared.reshape(out.shape)
         assert _rel(total, out) < 1e-9, f"{built.case} layer {layer}: MoE block off by {_rel(total, out):.2e}"
+    record(built, "MLP")
 
 
 # ------------------------------------------------------------------------------------------- 4. coverage
@@ -318,6 +332,7 @@ def test_every_parameter_is_analysed_once(built):
     assert sum(math.prod(r.shape) for r in refs) == n_params
     for r in refs:  # every listed matrix loads, with its shape
         assert tuple(src.load(r).shape) == tuple(r.shape)
+    record(built, "coverage")
 
 
 # ---------------------------------------------------------------------------------------------- 5. GGUF
@@ -344,3 +359,24 @@ def test_gguf_reads_the_same_weights(built, tmp_path):
                 if kernel == "folded" and c != "ov":  # GGUF does not store Gemma's query_pre_attn_scalar
                     a, b = a / fs.scale, b / fg.scale
                 assert _rel(b, a) < 1e-6, f"{built.case} layer {layer} {c} {kernel}"
+    record(built, "GGUF")
+
+
+def test_readme_family_table_is_generated_from_the_recorded_results():
+    """The README's table is the rendering of docs/conformance.json (``make families``): every family has
+    a conformance case, and every case of this file passed every check when it was recorded."""
+    import json
+    from pathlib import Path
+
+    from utils.weights.family_table import TABLE_BEGIN, TABLE_END, family_table
+
+    root = Path(__file__).resolve().parents[1]
+    results = json.loads((root / "docs" / "conformance.json").read_text())
+    text = (root / "README.md").read_text()
+    section = text[text.index(TABLE_BEGIN) + len(TABLE_BEGIN) : text.index(TABLE_END)].strip()
+    assert section == family_table(results), "README family table is stale: run `make families`"
+    assert set(results["cases"]) == set(CASES)
+    assert {r["family"] for r in results["cases"].values()} == set(FAMILIES)
+    for case, r in results["cases"].items():
+        want = ["logits", "OV", "MLP", "coverage"] + (["GGUF"] if CASES[case][2].get("gguf") else [])
+        assert r["checks"] == want, (case, r["checks"])

@@ -145,6 +145,7 @@ class Family:
     gguf_rotary_permuted: bool = False  # llama.cpp interleaves Q/K rows for rotary (llama arch)
     gguf_norm_offset: float = 0.0  # GGUF stores the whole gain for Gemma (its converter adds 1)
     causal: bool = True
+    biases: str = ""  # attention biases: "" none, "optional" (a configuration flag), "q/k/v" or "all" (always)
     tied_default: bool = False  # tie_word_embeddings when the configuration does not say
     embed_padding: bool = True  # the token embedding has a padding row (zero at initialisation)
     kv_heads: str = "num_key_value_heads"  # configuration key of the KV heads ("" = as many as query heads)
@@ -239,6 +240,7 @@ _QWEN_MOE = MLPSpec(
 _llama = Family(
     name="llama",
     model_types=("llama",),
+    biases="optional",
     examples="Llama 2 / 3.x, SmolLM2, TinyLlama",
     stack=_LLAMA_STACK,
     hf={**_ATTN, **_MLP},
@@ -247,18 +249,20 @@ _llama = Family(
     gguf={**_G_ATTN, **_G_MLP},
     gguf_model=_G_LM,
     gguf_rotary_permuted=True,
-    attention=AttentionSpec(rotary=("partial_rotary_factor",)),
 )
 
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
         _llama,
-        replace(_llama, name="mistral", model_types=("mistral",), examples="Mistral 7B, Ministral", gguf_archs=()),
+        replace(
+            _llama, name="mistral", model_types=("mistral",), biases="", examples="Mistral 7B, Ministral", gguf_archs=()
+        ),
         replace(
             _llama,
             name="smollm3",
             model_types=("smollm3",),
+            biases="optional",
             examples="SmolLM3",
             gguf_archs=("smollm3",),
             gguf_rotary_permuted=False,
@@ -267,6 +271,7 @@ FAMILIES: dict[str, Family] = {
             _llama,
             name="mixtral",
             model_types=("mixtral",),
+            biases="",
             examples="Mixtral 8x7B / 8x22B",
             hf={
                 **_ATTN,
@@ -290,6 +295,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="qwen2",
             model_types=("qwen2",),
+            biases="q/k/v",
             examples="Qwen2 / Qwen2.5",
             stack=_LLAMA_STACK,
             hf={**_ATTN, **_MLP},
@@ -301,6 +307,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="qwen2_moe",
             model_types=("qwen2_moe",),
+            biases="q/k/v",
             examples="Qwen1.5-MoE, Qwen2-57B-A14B",
             stack=_LLAMA_STACK,
             hf={
@@ -321,6 +328,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="qwen3",
             model_types=("qwen3",),
+            biases="optional",
             examples="Qwen3 dense",
             stack=_LLAMA_STACK,
             hf={**_ATTN, **_QK_NORM, **_MLP},
@@ -333,6 +341,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="qwen3_moe",
             model_types=("qwen3_moe",),
+            biases="optional",
             examples="Qwen3-30B-A3B, Qwen3-235B-A22B",
             stack=_LLAMA_STACK,
             hf={**_ATTN, **_QK_NORM, **_MLP, **_EXPERTS},
@@ -346,6 +355,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="gemma",
             model_types=("gemma",),
+            biases="optional",
             examples="Gemma 2B / 7B",
             stack=_LLAMA_STACK,
             hf={**_ATTN, **_MLP},
@@ -361,6 +371,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="gemma2",
             model_types=("gemma2",),
+            biases="optional",
             examples="Gemma 2 2B / 9B / 27B",
             stack=_LLAMA_STACK,
             hf={**_ATTN, **_POST, **_MLP},
@@ -378,6 +389,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="gemma3_text",
             model_types=("gemma3_text",),
+            biases="optional",
             examples="Gemma 3 1B (text), the language model of Gemma 3 4B-27B",
             stack=_LLAMA_STACK,
             hf={**_ATTN, **_QK_NORM, **_POST, **_MLP},
@@ -399,6 +411,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="phi3",
             model_types=("phi3",),
+            biases="",
             examples="Phi-3 mini / medium, Phi-4",
             stack=_LLAMA_STACK,
             hf={
@@ -423,6 +436,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="olmo2",
             model_types=("olmo2",),
+            biases="optional",
             examples="OLMo 2 1B / 7B / 13B / 32B",
             stack=_LLAMA_STACK,
             hf={**{k: v for k, v in _ATTN.items() if k != "attn_norm"}, **_QK_NORM, **_POST, **_MLP},
@@ -440,6 +454,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="gpt_neox",
             model_types=("gpt_neox",),
+            biases="all",
             examples="Pythia 14M-12B, GPT-NeoX-20B",
             stack="{p}layers.{i}.",
             hf={
@@ -485,6 +500,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="gptj",
             model_types=("gptj",),
+            biases="",
             examples="GPT-J 6B",
             stack="{p}h.{i}.",
             hf={
@@ -523,6 +539,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="falcon",
             model_types=("falcon",),
+            biases="optional",
             examples="Falcon 7B / 40B / 180B",
             stack="{p}h.{i}.",
             hf={
@@ -566,6 +583,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="deepseek_v3",
             model_types=("deepseek_v3", "deepseek_v2"),
+            biases="optional",
             examples="DeepSeek-V2 / V2-Lite / V3 / R1, Kimi K2",
             stack=_LLAMA_STACK,
             hf={
@@ -619,6 +637,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="gpt2",
             model_types=("gpt2",),
+            biases="all",
             examples="GPT-2 small-XL, DistilGPT-2",
             stack="{p}h.{i}.",
             hf={
@@ -660,6 +679,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             name="bert",
             model_types=("bert", "roberta"),
+            biases="all",
             examples="BERT, RoBERTa, all-MiniLM-L6-v2",
             stack="{p}encoder.layer.{i}.",
             hf={
