@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..device import resolve_device
+from ..device import resolve_device, uses_device_path
 from ..files import append_jsonl, read_jsonl, to_jsonable, write_jsonl
 from ..progress import progress_bar
 from ..spectral import check_finite, gram_svdvals, limited_threads, summarize, svdvals
@@ -101,7 +101,7 @@ def compute_dtype(precision: str, dev: torch.device, batched: bool) -> torch.dty
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
-        return torch.float32 if batched and dev.type == "cuda" else torch.float64
+        return torch.float32 if batched and uses_device_path(dev) else torch.float64
     return getattr(torch, precision)
 
 
@@ -263,7 +263,7 @@ def weight_sweep(
     """
     dev = resolve_device(device)
     if batched is None:
-        batched = dev.type != "cpu"
+        batched = uses_device_path(dev)
     dtype = compute_dtype(precision, dev, batched)
     refs = select_matrices(src, include_model_level)
     store = None
@@ -298,7 +298,12 @@ def weight_sweep(
     df["_l"] = df["layer_idx"].where(df["layer_idx"] >= 0, 10**9)
     df = df.sort_values(["_l", "_o", "weight_type", "expert", "name"], kind="stable")
     df = df.drop(columns=["_o", "_l"]).reset_index(drop=True)
-    df.attrs.update(cache=None if store is None else str(store.path), reused=len(refs) - len(todo), computed=len(todo))
+    df.attrs.update(
+        cache=None if store is None else str(store.path),
+        reused=len(refs) - len(todo),
+        computed=len(todo),
+        method=f"{'batched svd' if batched else 'gram'} ({str(dtype).replace('torch.', '')})",
+    )
     if keep_spectra:
         return df, {ref.name: results[ref.name][0] for ref in refs}
     return df
