@@ -28,6 +28,21 @@ _S = dict(
 )
 _DEC = dict(_S, intermediate_size=96, num_key_value_heads=2)
 _MOE = dict(num_experts_per_tok=2)
+_MLA = dict(
+    _S,
+    intermediate_size=96,
+    moe_intermediate_size=32,
+    num_key_value_heads=4,
+    n_routed_experts=4,
+    n_shared_experts=1,
+    first_k_dense_replace=1,
+    kv_lora_rank=16,
+    qk_rope_head_dim=8,
+    qk_nope_head_dim=16,
+    v_head_dim=12,
+    **_MOE,
+)
+_DSV3 = dict(_MLA, q_lora_rank=24, n_group=2, topk_group=1)
 
 #: case id -> (transformers config class, kwargs, options); options: "gguf" (llama.cpp architecture),
 #: "fused" (write transformers' in-memory 3-D expert tensors instead of per-expert ones)
@@ -110,67 +125,9 @@ CASES: dict[str, tuple[str, dict, dict]] = {
         dict(_S, multi_query=False, new_decoder_architecture=False, parallel_attn=False, bias=True),
         {},
     ),
-    "deepseek_v3": (
-        "DeepseekV3Config",
-        dict(
-            _S,
-            intermediate_size=96,
-            moe_intermediate_size=32,
-            num_key_value_heads=4,
-            n_routed_experts=4,
-            n_shared_experts=1,
-            first_k_dense_replace=1,
-            q_lora_rank=24,
-            kv_lora_rank=16,
-            qk_rope_head_dim=8,
-            qk_nope_head_dim=16,
-            v_head_dim=12,
-            n_group=2,
-            topk_group=1,
-            **_MOE,
-        ),
-        {"gguf": "deepseek2"},
-    ),
-    "deepseek_v3-fused": (
-        "DeepseekV3Config",
-        dict(
-            _S,
-            intermediate_size=96,
-            moe_intermediate_size=32,
-            num_key_value_heads=4,
-            n_routed_experts=4,
-            n_shared_experts=1,
-            first_k_dense_replace=1,
-            q_lora_rank=24,
-            kv_lora_rank=16,
-            qk_rope_head_dim=8,
-            qk_nope_head_dim=16,
-            v_head_dim=12,
-            n_group=2,
-            topk_group=1,
-            **_MOE,
-        ),
-        {"fused": True},
-    ),
-    "deepseek_v2": (
-        "DeepseekV2Config",
-        dict(
-            _S,
-            intermediate_size=96,
-            moe_intermediate_size=32,
-            num_key_value_heads=4,
-            n_routed_experts=4,
-            n_shared_experts=1,
-            first_k_dense_replace=1,
-            q_lora_rank=None,
-            kv_lora_rank=16,
-            qk_rope_head_dim=8,
-            qk_nope_head_dim=16,
-            v_head_dim=12,
-            **_MOE,
-        ),
-        {},
-    ),
+    "deepseek_v3": ("DeepseekV3Config", _DSV3, {"gguf": "deepseek2"}),
+    "deepseek_v3-fused": ("DeepseekV3Config", _DSV3, {"fused": True}),
+    "deepseek_v2": ("DeepseekV2Config", dict(_MLA, q_lora_rank=None), {}),  # V2-Lite: no query latent
     "gpt2": (
         "GPT2Config",
         dict(

@@ -237,41 +237,78 @@ _QWEN_MOE = MLPSpec(
     router="softmax_topk (renormalised if norm_topk_prob)",
 )
 
-_llama = Family(
-    name="llama",
-    model_types=("llama",),
-    biases="optional",
-    examples="Llama 2 / 3.x, SmolLM2, TinyLlama",
+#: the common decoder: llama-style names, RMSNorm, separate q / k / v / o, a gated MLP (families below change it)
+_DECODER = Family(
+    name="",
+    model_types=(),
+    examples="",
     stack=_LLAMA_STACK,
     hf={**_ATTN, **_MLP},
     hf_model=_LM,
-    gguf_archs=("llama",),
     gguf={**_G_ATTN, **_G_MLP},
     gguf_model=_G_LM,
-    gguf_rotary_permuted=True,
 )
+_G_FUSED_ATTN = {  # llama.cpp's names of a fused-qkv attention with biases and LayerNorm
+    "qkv": "blk.{i}.attn_qkv.weight",
+    "qkv_bias": "blk.{i}.attn_qkv.bias",
+    "o": "blk.{i}.attn_output.weight",
+    "o_bias": "blk.{i}.attn_output.bias",
+    "attn_norm": "blk.{i}.attn_norm.weight",
+    "attn_norm_bias": "blk.{i}.attn_norm.bias",
+}
+_G_PLAIN_MLP = {k: v for k, v in _G_MLP.items() if not k.startswith("gate")}  # up / down with biases
+_LN = {"norm": "layer", "eps": ("layer_norm_epsilon",)}
+_DEEPSEEK_ATTN = {
+    "q": "self_attn.q_proj.weight",
+    "q_a": "self_attn.q_a_proj.weight",
+    "q_a_norm": "self_attn.q_a_layernorm.weight",
+    "q_b": "self_attn.q_b_proj.weight",
+    "kv_a": "self_attn.kv_a_proj_with_mqa.weight",
+    "kv_a_norm": "self_attn.kv_a_layernorm.weight",
+    "kv_b": "self_attn.kv_b_proj.weight",
+    "o": "self_attn.o_proj.weight",
+    "q_a_bias": "self_attn.q_a_proj.bias",
+    "kv_a_bias": "self_attn.kv_a_proj_with_mqa.bias",
+    "o_bias": "self_attn.o_proj.bias",
+    "attn_norm": "input_layernorm.weight",
+}
+_G_DEEPSEEK_ATTN = {
+    "q": "blk.{i}.attn_q.weight",
+    "q_a": "blk.{i}.attn_q_a.weight",
+    "q_a_norm": "blk.{i}.attn_q_a_norm.weight",
+    "q_b": "blk.{i}.attn_q_b.weight",
+    "kv_a": "blk.{i}.attn_kv_a_mqa.weight",
+    "kv_a_norm": "blk.{i}.attn_kv_a_norm.weight",
+    "kv_b": "blk.{i}.attn_kv_b.weight",
+    "o": "blk.{i}.attn_output.weight",
+    "attn_norm": "blk.{i}.attn_norm.weight",
+}
+_GEMMA_MLP = MLPSpec(act=("hidden_activation", "hidden_act"))
+
+
+def _family(**kw) -> Family:
+    """A family: the common decoder with the fields that differ."""
+    return replace(_DECODER, **kw)
+
 
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
-        _llama,
-        replace(
-            _llama, name="mistral", model_types=("mistral",), biases="", examples="Mistral 7B, Ministral", gguf_archs=()
-        ),
-        replace(
-            _llama,
-            name="smollm3",
-            model_types=("smollm3",),
+        _family(
+            name="llama",
+            model_types=("llama",),
+            examples="Llama 2 / 3.x, SmolLM2, TinyLlama",
             biases="optional",
-            examples="SmolLM3",
-            gguf_archs=("smollm3",),
-            gguf_rotary_permuted=False,
+            gguf_archs=("llama",),
+            gguf_rotary_permuted=True,
         ),
-        replace(
-            _llama,
+        _family(name="mistral", model_types=("mistral",), examples="Mistral 7B, Ministral", gguf_rotary_permuted=True),
+        _family(
+            name="smollm3", model_types=("smollm3",), examples="SmolLM3", biases="optional", gguf_archs=("smollm3",)
+        ),
+        _family(
             name="mixtral",
             model_types=("mixtral",),
-            biases="",
             examples="Mixtral 8x7B / 8x22B",
             hf={
                 **_ATTN,
@@ -282,8 +319,8 @@ FAMILIES: dict[str, Family] = {
                 "experts_gate_up": "mlp.experts.gate_up_proj",
                 "experts_down_fused": "mlp.experts.down_proj",
             },
-            gguf_archs=(),  # a llama GGUF with experts (see gguf_family)
-            gguf={**_G_ATTN, **_G_EXPERTS},
+            gguf={**_G_ATTN, **_G_EXPERTS},  # a llama GGUF with experts (see gguf_family)
+            gguf_rotary_permuted=True,
             mlp=MLPSpec(
                 moe="all",
                 n_experts="num_local_experts",
@@ -292,24 +329,14 @@ FAMILIES: dict[str, Family] = {
                 router="softmax_topk, renormalised",
             ),
         ),
-        Family(
-            name="qwen2",
-            model_types=("qwen2",),
-            biases="q/k/v",
-            examples="Qwen2 / Qwen2.5",
-            stack=_LLAMA_STACK,
-            hf={**_ATTN, **_MLP},
-            hf_model=_LM,
-            gguf_archs=("qwen2",),
-            gguf={**_G_ATTN, **_G_MLP},
-            gguf_model=_G_LM,
+        _family(
+            name="qwen2", model_types=("qwen2",), examples="Qwen2 / Qwen2.5", biases="q/k/v", gguf_archs=("qwen2",)
         ),
-        Family(
+        _family(
             name="qwen2_moe",
             model_types=("qwen2_moe",),
-            biases="q/k/v",
             examples="Qwen1.5-MoE, Qwen2-57B-A14B",
-            stack=_LLAMA_STACK,
+            biases="q/k/v",
             hf={
                 **_ATTN,
                 **_MLP,
@@ -319,84 +346,65 @@ FAMILIES: dict[str, Family] = {
                 "shared_down": "mlp.shared_expert.down_proj.weight",
                 "shared_router": "mlp.shared_expert_gate.weight",
             },
-            hf_model=_LM,
             gguf_archs=("qwen2moe",),
             gguf={**_G_ATTN, **_G_MLP, **_G_EXPERTS, **_G_SHARED, "shared_router": "blk.{i}.ffn_gate_inp_shexp.weight"},
-            gguf_model=_G_LM,
             mlp=replace(_QWEN_MOE, d_shared="shared_expert_intermediate_size", shared_router=True),
         ),
-        Family(
+        _family(
             name="qwen3",
             model_types=("qwen3",),
-            biases="optional",
             examples="Qwen3 dense",
-            stack=_LLAMA_STACK,
+            biases="optional",
             hf={**_ATTN, **_QK_NORM, **_MLP},
-            hf_model=_LM,
             gguf_archs=("qwen3",),
             gguf={**_G_ATTN, **_G_QK_NORM, **_G_MLP},
-            gguf_model=_G_LM,
             attention=AttentionSpec(qk_norm="head"),
         ),
-        Family(
+        _family(
             name="qwen3_moe",
             model_types=("qwen3_moe",),
-            biases="optional",
             examples="Qwen3-30B-A3B, Qwen3-235B-A22B",
-            stack=_LLAMA_STACK,
+            biases="optional",
             hf={**_ATTN, **_QK_NORM, **_MLP, **_EXPERTS},
-            hf_model=_LM,
             gguf_archs=("qwen3moe",),
             gguf={**_G_ATTN, **_G_QK_NORM, **_G_MLP, **_G_EXPERTS},
-            gguf_model=_G_LM,
             attention=AttentionSpec(qk_norm="head"),
             mlp=_QWEN_MOE,
         ),
-        Family(
+        _family(
             name="gemma",
             model_types=("gemma",),
-            biases="optional",
             examples="Gemma 2B / 7B",
-            stack=_LLAMA_STACK,
-            hf={**_ATTN, **_MLP},
-            hf_model=_LM,
+            biases="optional",
             gguf_archs=("gemma",),
-            gguf={**_G_ATTN, **_G_MLP},
-            gguf_model=_G_LM,
             gguf_norm_offset=1.0,
             attention=_GEMMA_ATTN,
-            mlp=MLPSpec(act=("hidden_activation", "hidden_act")),
+            mlp=_GEMMA_MLP,
             tied_default=True,
         ),
-        Family(
+        _family(
             name="gemma2",
             model_types=("gemma2",),
-            biases="optional",
             examples="Gemma 2 2B / 9B / 27B",
-            stack=_LLAMA_STACK,
+            biases="optional",
             hf={**_ATTN, **_POST, **_MLP},
-            hf_model=_LM,
             gguf_archs=("gemma2",),
             gguf={**_G_ATTN, **_G_POST, **_G_MLP},
-            gguf_model=_G_LM,
             gguf_norm_offset=1.0,
             attention=replace(
                 _GEMMA_ATTN, scale="query_pre_attn_scalar", softcap="attn_logit_softcapping", post_norm=True
             ),
-            mlp=MLPSpec(act=("hidden_activation", "hidden_act")),
+            mlp=_GEMMA_MLP,
             tied_default=True,
         ),
-        Family(
+        _family(
             name="gemma3_text",
             model_types=("gemma3_text",),
-            biases="optional",
             examples="Gemma 3 1B (text), the language model of Gemma 3 4B-27B",
-            stack=_LLAMA_STACK,
+            biases="optional",
             hf={**_ATTN, **_QK_NORM, **_POST, **_MLP},
-            hf_model=_LM,
             gguf_archs=("gemma3",),
             gguf={**_G_ATTN, **_G_QK_NORM, **_G_POST, **_G_MLP},
-            gguf_model=_G_LM,
             gguf_norm_offset=1.0,
             attention=replace(
                 _GEMMA_ATTN,
@@ -405,15 +413,13 @@ FAMILIES: dict[str, Family] = {
                 softcap="attn_logit_softcapping",
                 post_norm=True,
             ),
-            mlp=MLPSpec(act=("hidden_activation", "hidden_act")),
+            mlp=_GEMMA_MLP,
             tied_default=True,
         ),
-        Family(
+        _family(
             name="phi3",
             model_types=("phi3",),
-            biases="",
             examples="Phi-3 mini / medium, Phi-4",
-            stack=_LLAMA_STACK,
             hf={
                 "qkv": "self_attn.qkv_proj.weight",
                 "o": "self_attn.o_proj.weight",
@@ -421,26 +427,16 @@ FAMILIES: dict[str, Family] = {
                 "gate_up": "mlp.gate_up_proj.weight",
                 "down": "mlp.down_proj.weight",
             },
-            hf_model=_LM,
             gguf_archs=("phi3",),
-            gguf={
-                "qkv": "blk.{i}.attn_qkv.weight",
-                "o": "blk.{i}.attn_output.weight",
-                "attn_norm": "blk.{i}.attn_norm.weight",
-                "gate_up": "blk.{i}.ffn_up.weight",
-                "down": "blk.{i}.ffn_down.weight",
-            },
-            gguf_model=_G_LM,
+            gguf={**_G_FUSED_ATTN, "gate_up": "blk.{i}.ffn_up.weight", "down": "blk.{i}.ffn_down.weight"},
             attention=AttentionSpec(rotary=("partial_rotary_factor",)),
         ),
-        Family(
+        _family(
             name="olmo2",
             model_types=("olmo2",),
-            biases="optional",
             examples="OLMo 2 1B / 7B / 13B / 32B",
-            stack=_LLAMA_STACK,
+            biases="optional",
             hf={**{k: v for k, v in _ATTN.items() if k != "attn_norm"}, **_QK_NORM, **_POST, **_MLP},
-            hf_model=_LM,
             gguf_archs=("olmo2",),
             gguf={
                 **{k: v for k, v in _G_ATTN.items() if not k.startswith("attn_norm")},
@@ -448,15 +444,13 @@ FAMILIES: dict[str, Family] = {
                 **_G_POST,
                 **_G_MLP,
             },
-            gguf_model=_G_LM,
             attention=AttentionSpec(norm=None, qk_norm="full", post_norm=True),
         ),
-        Family(
+        _family(
             name="gpt_neox",
             model_types=("gpt_neox",),
-            biases="all",
             examples="Pythia 14M-12B, GPT-NeoX-20B",
-            stack="{p}layers.{i}.",
+            biases="all",
             hf={
                 "qkv": "attention.query_key_value.weight",
                 "qkv_bias": "attention.query_key_value.bias",
@@ -472,19 +466,7 @@ FAMILIES: dict[str, Family] = {
             # transformers 5 holds the head as lm_head in memory and saves it as embed_out
             hf_model={"W_embed": "{p}embed_in.weight", "W_unembed": ("embed_out.weight", "lm_head.weight")},
             gguf_archs=("gptneox",),
-            gguf={
-                "qkv": "blk.{i}.attn_qkv.weight",
-                "qkv_bias": "blk.{i}.attn_qkv.bias",
-                "o": "blk.{i}.attn_output.weight",
-                "o_bias": "blk.{i}.attn_output.bias",
-                "attn_norm": "blk.{i}.attn_norm.weight",
-                "attn_norm_bias": "blk.{i}.attn_norm.bias",
-                "up": "blk.{i}.ffn_up.weight",
-                "up_bias": "blk.{i}.ffn_up.bias",
-                "down": "blk.{i}.ffn_down.weight",
-                "down_bias": "blk.{i}.ffn_down.bias",
-            },
-            gguf_model=_G_LM,
+            gguf={**_G_FUSED_ATTN, **_G_PLAIN_MLP},
             attention=AttentionSpec(
                 norm="layer",
                 eps=("layer_norm_eps",),
@@ -497,10 +479,9 @@ FAMILIES: dict[str, Family] = {
             kv_heads="",
             head_dim="",
         ),
-        Family(
+        _family(
             name="gptj",
             model_types=("gptj",),
-            biases="",
             examples="GPT-J 6B",
             stack="{p}h.{i}.",
             hf={
@@ -517,30 +498,18 @@ FAMILIES: dict[str, Family] = {
             },
             hf_model={"W_embed": "{p}wte.weight", "W_unembed": "lm_head.weight"},
             gguf_archs=("gptj",),
-            gguf={
-                "q": "blk.{i}.attn_q.weight",
-                "k": "blk.{i}.attn_k.weight",
-                "v": "blk.{i}.attn_v.weight",
-                "o": "blk.{i}.attn_output.weight",
-                "attn_norm": "blk.{i}.attn_norm.weight",
-                "attn_norm_bias": "blk.{i}.attn_norm.bias",
-                "up": "blk.{i}.ffn_up.weight",
-                "up_bias": "blk.{i}.ffn_up.bias",
-                "down": "blk.{i}.ffn_down.weight",
-                "down_bias": "blk.{i}.ffn_down.bias",
-            },
-            gguf_model=_G_LM,
-            attention=AttentionSpec(norm="layer", eps=("layer_norm_epsilon",), rotary=("rotary_dim",), parallel=True),
+            gguf={**{k: _G_ATTN[k] for k in ("q", "k", "v", "o", "attn_norm", "attn_norm_bias")}, **_G_PLAIN_MLP},
+            attention=AttentionSpec(**_LN, rotary=("rotary_dim",), parallel=True),
             mlp=MLPSpec(gated=False, act=("activation_function",), d_ff=("n_inner",)),
             embed_padding=False,
             kv_heads="",
             head_dim="",
         ),
-        Family(
+        _family(
             name="falcon",
             model_types=("falcon",),
-            biases="optional",
             examples="Falcon 7B / 40B / 180B",
+            biases="optional",
             stack="{p}h.{i}.",
             hf={
                 "qkv": "self_attention.query_key_value.weight",
@@ -558,47 +527,26 @@ FAMILIES: dict[str, Family] = {
             hf_model={"W_embed": "{p}word_embeddings.weight", "W_unembed": "lm_head.weight"},
             gguf_archs=("falcon",),
             gguf={
-                "qkv": "blk.{i}.attn_qkv.weight",
-                "qkv_bias": "blk.{i}.attn_qkv.bias",
-                "o": "blk.{i}.attn_output.weight",
-                "o_bias": "blk.{i}.attn_output.bias",
+                **_G_FUSED_ATTN,
+                **_G_PLAIN_MLP,
                 # Falcon-40B's attention norm is llama.cpp's attn_norm_2 (its attn_norm feeds the MLP)
                 "attn_norm": ("blk.{i}.attn_norm_2.weight", "blk.{i}.attn_norm.weight"),
                 "attn_norm_bias": ("blk.{i}.attn_norm_2.bias", "blk.{i}.attn_norm.bias"),
-                "up": "blk.{i}.ffn_up.weight",
-                "up_bias": "blk.{i}.ffn_up.bias",
-                "down": "blk.{i}.ffn_down.weight",
-                "down_bias": "blk.{i}.ffn_down.bias",
             },
-            gguf_model=_G_LM,
-            attention=AttentionSpec(
-                norm="layer", eps=("layer_norm_epsilon",), qkv_layout="falcon", alibi="alibi", parallel="parallel_attn"
-            ),
+            attention=AttentionSpec(**_LN, qkv_layout="falcon", alibi="alibi", parallel="parallel_attn"),
             mlp=MLPSpec(gated=False, act=("activation",), d_ff=("ffn_hidden_size",)),
             tied_default=True,
             embed_padding=False,
             kv_heads="",
             head_dim="",
         ),
-        Family(
+        _family(
             name="deepseek_v3",
             model_types=("deepseek_v3", "deepseek_v2"),
-            biases="optional",
             examples="DeepSeek-V2 / V2-Lite / V3 / R1, Kimi K2",
-            stack=_LLAMA_STACK,
+            biases="optional",
             hf={
-                "q": "self_attn.q_proj.weight",
-                "q_a": "self_attn.q_a_proj.weight",
-                "q_a_norm": "self_attn.q_a_layernorm.weight",
-                "q_b": "self_attn.q_b_proj.weight",
-                "kv_a": "self_attn.kv_a_proj_with_mqa.weight",
-                "kv_a_norm": "self_attn.kv_a_layernorm.weight",
-                "kv_b": "self_attn.kv_b_proj.weight",
-                "o": "self_attn.o_proj.weight",
-                "q_a_bias": "self_attn.q_a_proj.bias",
-                "kv_a_bias": "self_attn.kv_a_proj_with_mqa.bias",
-                "o_bias": "self_attn.o_proj.bias",
-                "attn_norm": "input_layernorm.weight",
+                **_DEEPSEEK_ATTN,
                 **_MLP,
                 **_EXPERTS,
                 "router_bias": "mlp.gate.e_score_correction_bias",
@@ -606,24 +554,8 @@ FAMILIES: dict[str, Family] = {
                 "shared_up": "mlp.shared_experts.up_proj.weight",
                 "shared_down": "mlp.shared_experts.down_proj.weight",
             },
-            hf_model=_LM,
             gguf_archs=("deepseek2",),
-            gguf={
-                "q": "blk.{i}.attn_q.weight",
-                "q_a": "blk.{i}.attn_q_a.weight",
-                "q_a_norm": "blk.{i}.attn_q_a_norm.weight",
-                "q_b": "blk.{i}.attn_q_b.weight",
-                "kv_a": "blk.{i}.attn_kv_a_mqa.weight",
-                "kv_a_norm": "blk.{i}.attn_kv_a_norm.weight",
-                "kv_b": "blk.{i}.attn_kv_b.weight",
-                "o": "blk.{i}.attn_output.weight",
-                "attn_norm": "blk.{i}.attn_norm.weight",
-                **_G_MLP,
-                **_G_EXPERTS,
-                **_G_SHARED,
-                "router_bias": "blk.{i}.exp_probs_b.bias",
-            },
-            gguf_model=_G_LM,
+            gguf={**_G_DEEPSEEK_ATTN, **_G_MLP, **_G_EXPERTS, **_G_SHARED, "router_bias": "blk.{i}.exp_probs_b.bias"},
             attention=AttentionSpec(scale="mla", mla=True, rotary=("qk_rope_head_dim",)),
             mlp=MLPSpec(
                 moe="first_k_dense",
@@ -634,11 +566,11 @@ FAMILIES: dict[str, Family] = {
                 router="sigmoid (V3) or softmax (V2) scores, group-limited top-k, scaled",
             ),
         ),
-        Family(
+        _family(
             name="gpt2",
             model_types=("gpt2",),
-            biases="all",
             examples="GPT-2 small-XL, DistilGPT-2",
+            biases="all",
             stack="{p}h.{i}.",
             hf={
                 "qkv": "attn.c_attn.weight",
@@ -654,20 +586,9 @@ FAMILIES: dict[str, Family] = {
             },
             hf_model={"W_embed": "{p}wte.weight", "W_pos": "{p}wpe.weight", "W_unembed": "lm_head.weight"},
             gguf_archs=("gpt2",),
-            gguf={
-                "qkv": "blk.{i}.attn_qkv.weight",
-                "qkv_bias": "blk.{i}.attn_qkv.bias",
-                "o": "blk.{i}.attn_output.weight",
-                "o_bias": "blk.{i}.attn_output.bias",
-                "attn_norm": "blk.{i}.attn_norm.weight",
-                "attn_norm_bias": "blk.{i}.attn_norm.bias",
-                "up": "blk.{i}.ffn_up.weight",
-                "up_bias": "blk.{i}.ffn_up.bias",
-                "down": "blk.{i}.ffn_down.weight",
-                "down_bias": "blk.{i}.ffn_down.bias",
-            },
+            gguf={**_G_FUSED_ATTN, **_G_PLAIN_MLP},
             gguf_model={**_G_LM, "W_pos": "position_embd.weight"},
-            attention=AttentionSpec(norm="layer", eps=("layer_norm_epsilon",), scale="gpt2"),
+            attention=AttentionSpec(**_LN, scale="gpt2"),
             mlp=MLPSpec(gated=False, act=("activation_function",), d_ff=("n_inner",)),
             tied_default=True,
             embed_padding=False,
@@ -676,11 +597,11 @@ FAMILIES: dict[str, Family] = {
             conv1d=True,
             init_scaled=("o", "down"),
         ),
-        Family(
+        _family(
             name="bert",
             model_types=("bert", "roberta"),
-            biases="all",
             examples="BERT, RoBERTa, all-MiniLM-L6-v2",
+            biases="all",
             stack="{p}encoder.layer.{i}.",
             hf={
                 "q": "attention.self.query.weight",
@@ -703,20 +624,7 @@ FAMILIES: dict[str, Family] = {
                 "W_pooler": "{p}pooler.dense.weight",
             },
             gguf_archs=("bert",),
-            gguf={
-                "q": "blk.{i}.attn_q.weight",
-                "k": "blk.{i}.attn_k.weight",
-                "v": "blk.{i}.attn_v.weight",
-                "q_bias": "blk.{i}.attn_q.bias",
-                "k_bias": "blk.{i}.attn_k.bias",
-                "v_bias": "blk.{i}.attn_v.bias",
-                "o": "blk.{i}.attn_output.weight",
-                "o_bias": "blk.{i}.attn_output.bias",
-                "up": "blk.{i}.ffn_up.weight",
-                "up_bias": "blk.{i}.ffn_up.bias",
-                "down": "blk.{i}.ffn_down.weight",
-                "down_bias": "blk.{i}.ffn_down.bias",
-            },
+            gguf={**{k: v for k, v in _G_ATTN.items() if not k.startswith("attn_norm")}, **_G_PLAIN_MLP},
             gguf_model={
                 "W_embed": "token_embd.weight",
                 "W_pos": "position_embd.weight",
