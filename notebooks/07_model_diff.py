@@ -57,10 +57,10 @@ run.show(a.describe())
 # %%
 with run.timer("weight diff"):
     df = diff.diff_sweep(a, b, top_k=top_k)
-run.save_csv(df.drop(columns="sv_diff"), "weight_diff.csv")
+run.save_csv(df.drop(columns=list(diff.ARRAY_COLUMNS)), "weight_diff.csv")
 run.show(f"{int((df.rel_change > 0).sum())} of {len(df)} matrices changed; largest relative change {df.rel_change.max():.3g}.")
 run.show(plots.diagnostics.diff_by_layer(df), "diff_by_layer.png")
-run.show(df.drop(columns="sv_diff").round(4), details="every matrix")
+run.show(df.drop(columns=list(diff.ARRAY_COLUMNS)).round(4), details="every matrix")
 
 # %% [markdown]
 # ## The layers that changed most

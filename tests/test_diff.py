@@ -134,6 +134,9 @@ def test_weight_diff_spectra_and_angles_against_numpy_svd(shape):
     assert d["eff_rank_a"] == pytest.approx(float(effective_rank(Sa)), rel=1e-10)
     assert d["eff_rank_b"] == pytest.approx(float(effective_rank(Sb)), rel=1e-10)
     np.testing.assert_allclose(d["sv_diff"], np.linalg.svd(Wb - Wa, compute_uv=False)[:32], rtol=1e-9)
+    np.testing.assert_allclose(d["sv_a"], Sa[:32], rtol=1e-10)
+    np.testing.assert_allclose(d["sv_b"], Sb[:32], rtol=1e-10)
+    np.testing.assert_allclose(np.sort(d["angles"]), np.sort(np.degrees(np.arccos(cos))), rtol=1e-7, atol=1e-6)
     S, V = gram_svd(torch.from_numpy(Wa), k)
     np.testing.assert_allclose(S, Sa, rtol=1e-10)
     np.testing.assert_allclose(np.abs(V.numpy().T @ Qa), np.eye(k), atol=1e-8)  # same vectors up to sign

@@ -40,8 +40,13 @@ def principal_angles(Wa, Wb, k: int) -> np.ndarray:
     return _angles(gram_svd(Wa, k)[1], gram_svd(Wb, k)[1])  # the Gram converts to float64 block by block
 
 
+#: the per-matrix arrays of a diff row (``keep`` values each), kept out of the CSV and saved for the explorer
+ARRAY_COLUMNS = ("sv_diff", "sv_a", "sv_b", "angles")
+
+
 def weight_diff(Wa, Wb, top_k: int = 16, keep: int = 32, rank_rtol: float = RANK_RTOL) -> dict:
-    """The diff columns of one pair (module docstring) plus ``sv_diff``, the ``keep`` largest singular values of dW.
+    """The diff columns of one pair (module docstring) plus the arrays :data:`ARRAY_COLUMNS`: the ``keep``
+    largest singular values of dW, of W_a and of W_b, and the principal angles (degrees, ascending).
 
     Each of ``Wa``, ``Wb`` and ``dW`` is reduced to its Gram once: one ``eigh`` gives a matrix's spectrum
     and its top-k singular subspace together.
@@ -67,6 +72,9 @@ def weight_diff(Wa, Wb, top_k: int = 16, keep: int = 32, rank_rtol: float = RANK
         "overlap": float(np.mean(np.cos(ang) ** 2)),
         "overlap_null": k / min(Wa.shape),
         "sv_diff": S[:keep],
+        "sv_a": Sa[:keep],
+        "sv_b": Sb[:keep],
+        "angles": np.degrees(ang),
     }
 
 
