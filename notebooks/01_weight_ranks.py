@@ -39,7 +39,7 @@ resume: bool = True  # keep per-matrix results in the output root cache and reus
 # %%
 from pathlib import Path
 
-from utils import plots, weight_ranks
+from utils import explore, plots, weight_ranks
 from utils.running import start_run
 from utils.spectral import svdvals
 from utils.weights import open_weights
@@ -71,6 +71,7 @@ with run.timer("weight sweep"):
         src, null=null_model, seed=null_seed, n_boot=n_boot, device=device, include_model_level=include_embeddings,
         precision=precision, cache=run.cache_dir / "weight_sweep", resume=resume)
 run.save_csv(df, "weight_ranks.csv")
+explore.save_weight_spectra(run, df, spectra, null_spectra)  # what the explorer below draws
 stats = weight_ranks.stats_by_weight_type(df)
 run.save_csv(stats, "eff_rank_stats_by_type.csv")
 run.show(f"{len(df)} matrices analysed in {run.timings['weight sweep']:.1f} s: {df.attrs['computed']} computed, "
@@ -224,3 +225,13 @@ else:
 # %%
 run.show(weight_ranks.largest_transitions(df))
 run.finish()
+
+# %% [markdown]
+# ## Explore
+#
+# In JupyterLab: pick a weight type, layer (and expert) to see that matrix's spectrum against its null and
+# its place along depth, redrawn from the results above (nothing is recomputed). Headless runs keep the
+# static figures. Any run folder opens the same way: `explore.open("output/01_weight_ranks/<run>")`.
+
+# %%
+explore.here(run)

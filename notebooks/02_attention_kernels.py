@@ -56,7 +56,7 @@ kernel: str = "raw"  # raw (products of the checkpoint's weights) or folded (the
 import numpy as np
 import pandas as pd
 
-from utils import attention, plots
+from utils import attention, explore, plots
 from utils.running import start_run
 from utils.running.params import check_index
 from utils.spectral.null import PermutedWeights
@@ -166,6 +166,7 @@ if null_model:
     heads, heads0 = sw.to_frame(), sw0.to_frame()
     run.show(attention.head_null_table(heads, heads0, circuits).round(3))
     run.show(plots.diagnostics.heads_vs_null(heads, heads0, circuits), "heads_vs_null.png")
+explore.save_head_spectra(run, sw, sw0 if null_model else None)  # what the explorer below draws
 
 # %% [markdown]
 # ## Head circuits: composition scores and directionality
@@ -216,3 +217,13 @@ if composition:
 
 # %%
 run.finish()
+
+# %% [markdown]
+# ## Explore
+#
+# In JupyterLab: pick a layer and head (or click the heatmap) to see its QK and OV singular values beside
+# the null's, its eigenvalues and its strongest composition partners, redrawn from the results above.
+# Headless runs keep the static figures. `explore.open("output/02_attention_kernels/<run>")` opens any run.
+
+# %%
+explore.here(run)

@@ -50,7 +50,7 @@ heads_to_plot: int = 4  # heads whose spectral shapes across layers are drawn
 kernel: str = "raw"  # raw (products of the checkpoint's weights) or folded (the form on the normalised stream)
 
 # %%
-from utils import attention, plots, rescale
+from utils import attention, explore, plots, rescale
 from utils.rescale import tables
 from utils.running import start_run
 from utils.running.params import ParameterError, check_file
@@ -98,6 +98,7 @@ with run.timer("analysis"):
     res = rescale.analyze(sigma, ent, anchor, rank_k_max=rank_k_max, n_boot=n_boot, boot_seed=boot_seed)
     others = {a: res if a == anchor else rescale.analyze(sigma, ent, a, rank_k_max=0, n_boot=0) for a in rescale.ANCHORS}
 aL = res.anchor_layer
+explore.save_rescale_fits(run, sigma, others)  # what the explorer below draws
 run.show(tables.summary_lines(res))
 
 # %% [markdown]
@@ -182,3 +183,12 @@ if rank_k_max > 0:
 # %%
 run.save_json(tables.results_record(res, others, source, sigma, entropy_rule), "results.json")
 run.finish()
+
+# %% [markdown]
+# ## Explore
+#
+# In JupyterLab: pick an anchor, a head and a layer to see that layer's spectrum beside the anchor's
+# rescaled by the fitted scalar, and the fit's residual along depth, redrawn from the results above.
+
+# %%
+explore.here(run)

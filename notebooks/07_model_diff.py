@@ -37,7 +37,7 @@ top_layers: int = 10  # rows of the most-changed-layers table
 kernel: str = "raw"  # head kernels: raw (products of the checkpoint's weights) or folded (the form on the normalised stream)
 
 # %%
-from utils import attention, diff, plots
+from utils import attention, diff, explore, plots
 from utils.running import start_run
 from utils.weights import open_weights
 
@@ -58,6 +58,7 @@ run.show(a.describe())
 with run.timer("weight diff"):
     df = diff.diff_sweep(a, b, top_k=top_k)
 run.save_csv(df.drop(columns=list(diff.ARRAY_COLUMNS)), "weight_diff.csv")
+explore.save_diff_spectra(run, df)  # what the explorer below draws
 run.show(f"{int((df.rel_change > 0).sum())} of {len(df)} matrices changed; largest relative change {df.rel_change.max():.3g}.")
 run.show(plots.diagnostics.diff_by_layer(df), "diff_by_layer.png")
 run.show(df.drop(columns=list(diff.ARRAY_COLUMNS)).round(4), details="every matrix")
@@ -85,3 +86,12 @@ if heads:
     run.save_csv(hd, "head_diff.csv")
     run.show(hd.nlargest(top_layers, "qk_sv_change").round(4))
 run.finish()
+
+# %% [markdown]
+# ## Explore
+#
+# In JupyterLab: pick a matrix to see the spectra of A, B and ΔW and the principal angles between their
+# subspaces, redrawn from the results above. `explore.open("output/07_model_diff/<run>")` opens any run.
+
+# %%
+explore.here(run)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..spectral.rmt import esd, mp_pdf, powerlaw_pdf
+from . import panels
 from .core import grid, heatmap
 
 NULL_PANELS = (("eff_rank", "effective rank"), ("stable_rank", "stable rank"), ("alpha", "power-law alpha"))
@@ -21,7 +21,7 @@ def _types(df):
 def esd_by_type(df: pd.DataFrame, spectra: dict, layer: int | None = None, null_spectra: dict | None = None):
     """One log-log panel per weight type (the matrix of ``layer``, default the middle one; model-level
     matrices as they are): the ESD of W^T W / N, its Marchenko-Pastur fit and finite-size edge, the power-law
-    fit of the tail from xmin, and (grey) the ESD of the permuted null."""
+    fit of the tail from xmin, and (grey) the ESD of the permuted null (:func:`.panels.esd`)."""
     types = _types(df)
     fig, axes = grid(len(types), ncols=4, size=(4.0, 3.1))
     L = int(df.layer_idx.max()) + 1
@@ -29,36 +29,8 @@ def esd_by_type(df: pd.DataFrame, spectra: dict, layer: int | None = None, null_
         d = df[df.weight_type == wt]
         row = d[d.layer_idx == (L // 2 if layer is None else layer)] if (d.layer_idx >= 0).any() else d
         row = (row if len(row) else d).iloc[0]
-        shape = (int(row.rows), int(row.cols))
-        lam = esd(spectra[row["name"]], shape)
-        lam = lam[lam > 0]
-        bins = np.geomspace(lam.min(), lam.max() * 1.01, 40)
-        if null_spectra and row["name"] in null_spectra:
-            lam0 = esd(null_spectra[row["name"]], shape)
-            sns.histplot(lam0[lam0 > 0], bins=bins, stat="density", color="0.7", ax=ax, label="permuted null")
-        sns.histplot(lam, bins=bins, stat="density", color="C0", alpha=0.6, ax=ax, label="ESD")
-        x = np.geomspace(lam.min(), lam.max(), 400)
-        if np.isfinite(row.mp_sigma2):
-            ax.plot(x, mp_pdf(x, row.mp_sigma2, row.mp_ratio), color="C1", lw=1.5, label="Marchenko-Pastur")
-            ax.axvline(row.mp_edge, color="C1", ls=":", lw=1, label=f"edge ({int(row.n_spikes)} spikes)")
-        if np.isfinite(row.alpha):
-            share = row.n_tail / len(lam)
-            ax.plot(
-                x,
-                share * powerlaw_pdf(x, row.alpha, row.xmin),
-                color="C3",
-                lw=1.5,
-                label=f"power law α={row.alpha:.2f}" + ("" if row.credible else " (not credible)"),
-            )
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel="λ (eigenvalue of WᵀW/N)",
-            ylabel="density",
-            title=f"{wt}, layer {row.layer_idx} ({row['shape']})",
-        )
-        ax.set_ylim(bottom=max(ax.get_ylim()[0], 1e-4 / max(lam.max(), 1e-12)))
-        ax.legend(fontsize=6)
+        null = null_spectra.get(row["name"]) if null_spectra else None
+        panels.esd(ax, row, spectra[row["name"]], null)
     fig.tight_layout()
     return fig
 
