@@ -1,4 +1,4 @@
-"""A real-browser check of the notebooks in JupyterLab and of an HTML report (issue 15).
+"""A real-browser check of the notebooks and explorers in JupyterLab and of an HTML report (issues 15, 23).
 
 Skipped unless Chromium and the Python packages playwright and jupyterlab are installed; to enable:
 ``apt-get install chromium`` and ``.venv/bin/pip install -e '.[lab,browser]'``. Set
@@ -161,3 +161,52 @@ def test_html_report_images_load_in_a_browser(tmp_path, tiny_llama_dir):
         _shot(page, "report-html.png")
         browser.close()
     assert len(widths) >= 4 and all(w > 0 for w in widths), widths
+
+
+def test_explorer_of_notebook_02_redraws_in_jupyterlab_when_a_control_moves(lab, tiny_llama_dir):
+    """Issue 23: a finished run of notebook 02, opened in Lab with ``explore.open``: moving the head slider
+    redraws the ipympl figure (the canvas's pixels change), from the saved results."""
+    from utils.running.runner import execute
+
+    run = execute("02_attention_kernels", "explore", {"model": str(tiny_llama_dir), "top_k": 5}, lab["out"])
+    cell = f"from utils import explore\nexplore.open({str(run)!r})"
+    nb = {
+        "cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": cell}],
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3 (transformer-spectra)", "language": "python", "name": "python3"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (lab["root"] / "scratch.ipynb").write_text(json.dumps(nb))
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(f"{lab['url']}/lab/tree/scratch.ipynb?token={lab['token']}")
+        page.get_by_text("Python 3 (transformer-spectra) | Idle").wait_for(timeout=120_000)
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_text("Run All Cells", exact=True).click()
+        canvas = page.locator(".jupyter-matplotlib-canvas-div canvas:visible").first
+        try:
+            canvas.wait_for(timeout=120_000)
+        finally:
+            _shot(page, "explorer-opened.png")
+        time.sleep(3)  # the first frame
+        _shot(page, "explorer-before.png")
+        before = canvas.evaluate("c => c.toDataURL()")
+        handles = page.locator(".widget-slider .noUi-handle")
+        head = handles.nth(1)  # the sliders: layer, head
+        head.focus()
+        for _ in range(2):
+            page.keyboard.press("ArrowRight")
+        time.sleep(1)
+        page.get_by_text("Python 3 (transformer-spectra) | Idle").wait_for(timeout=60_000)  # both redraws done
+        deadline, after = time.time() + 30, before
+        while time.time() < deadline and after == before:
+            time.sleep(1)
+            after = canvas.evaluate("c => c.toDataURL()")
+        _shot(page, "explorer-after.png")
+        label = page.locator(".widget-readout").nth(1).inner_text()
+        browser.close()
+    assert label.strip() == "2", f"the head slider reads {label!r}"
+    assert after != before, "the explorer's figure did not change when the head slider moved"

@@ -20,12 +20,13 @@ from ..spectral.metrics import complex_mask
 from .store import RunResults
 
 
-def _figure(ncols: int, size=(4.6, 3.6)):
-    """A figure the explorer redraws: an ipympl canvas (a widget) when available, else a plain figure."""
+def _figure(ncols: int, size=(4.0, 3.3), dpi: int = 80):
+    """A figure the explorer redraws: an ipympl canvas (a widget) when available, else a plain figure; three
+    panels fit in 1000 pixels."""
     from matplotlib.figure import Figure
 
     use_style()
-    fig = Figure(figsize=(size[0] * ncols, size[1]), layout="constrained")
+    fig = Figure(figsize=(size[0] * ncols, size[1]), layout="constrained", dpi=dpi)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     try:
         from ipympl.backend_nbagg import Canvas, FigureManager
@@ -34,6 +35,9 @@ def _figure(ncols: int, size=(4.6, 3.6)):
         FigureManager(canvas, 0)
         canvas.header_visible = False
         canvas.toolbar_visible = False
+        # the figure is drawn before the widget is displayed: its frames go to the front end once it asks
+        # (ipympl 0.10 syncs a pre-display frame as a data URL without its "data:" prefix, a broken image)
+        canvas.syncing_data_url = False
     except ImportError:  # no interactive backend: redraw as a static image
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -205,7 +209,7 @@ class HeadsExplorer(Explorer):
 
         L, h = self.sv["qk"].shape[:2]
         return {
-            "layer": w.IntSlider(value=L - 1, min=0, max=L - 1, description="layer row", continuous_update=False),
+            "layer": w.IntSlider(value=L - 1, min=0, max=L - 1, description="layer", continuous_update=False),
             "head": w.IntSlider(value=0, min=0, max=h - 1, description="head", continuous_update=False),
         }
 
