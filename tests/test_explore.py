@@ -25,8 +25,10 @@ def runs(tiny_llama_dir, tmp_path_factory):
     return {
         "01": run_notebook_smoke("01_weight_ranks", {"model": m, "n_boot": 0}, root),
         "02": run_notebook_smoke("02_attention_kernels", {"model": m, "top_k": 5}, root),
-        "03": run_notebook_smoke("03_sa_rescale", {"model": m, "seq_len": 16, "n_seqs": 2, "n_boot": 20}, root),
-        "07": run_notebook_smoke("07_model_diff", {"model": m, "model_b": f"random:{m}"}, root),
+        "03": run_notebook_smoke(
+            "03_sa_rescale", {"model": m, "seq_len": 16, "n_seqs": 2, "n_boot": 20, "rank_k_max": 0}, root
+        ),
+        "07": run_notebook_smoke("07_model_diff", {"model": m, "model_b": f"random:{m}", "heads": False}, root),
     }
 
 
