@@ -70,3 +70,19 @@ def test_rank_fraction_table_against_numpy(tmp_path):
         k = raw[raw.weight_type == "W_K"]
         assert t.loc["W_K", label] == pytest.approx(np.mean(k.eff_rank / 4), abs=1e-4)
     assert t.loc["W_Q", "x / random:x"] == pytest.approx(t.loc["W_Q", "x"] / t.loc["W_Q", "random:x"], rel=1e-3)
+
+
+def test_rescale_table_takes_each_anchors_verdict_from_the_run(tmp_path):
+    """The comparison reads the verdict 03 recorded (a one-layer geometry: NOT DETERMINED), not one recomputed
+    from the mean residual with rescale's thresholds (which would say 'supported')."""
+    from utils.compare import rescale_table
+
+    d = _fake_run(tmp_path, "03_sa_rescale", "a", "/m/x", group="sw")
+    comp = {"anchor_layer": 0, "mean_resid": 0.01, "max_resid": 0.02, "frac_below": {"0.10": 1.0}, "corr_T_entropy": 0.5}
+    res = {
+        "analysis": {"anchor": "last", "shape_cos_mean": 0.9, "stability": "not determined"},
+        "anchor_comparison": {"last": {**comp, "verdict_key": "not_determined"}, "middle": comp},
+    }
+    (d / "results.json").write_text(json.dumps(res))
+    t = rescale_table(find_runs(tmp_path, sweep="sw")).set_index("anchor")
+    assert t.loc["last", "verdict"] == "not determined" and t.loc["middle", "verdict"] == "not recorded"

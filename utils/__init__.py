@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import importlib
 
+from .progress import quiet_libraries
+
 _API = {
     "open_weights": "utils.weights",
     "load_model": "utils.weights",
@@ -48,13 +50,7 @@ _API = {
 __all__ = sorted(_API)
 
 
-def _quiet_when_headless() -> None:
-    from .progress import quiet_libraries
-
-    quiet_libraries()
-
-
-_quiet_when_headless()
+quiet_libraries()
 
 
 def __getattr__(name: str):

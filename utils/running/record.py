@@ -30,7 +30,6 @@ package versions, timings, the file list, the kernel's process id.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import io
 import os
 import platform
@@ -48,6 +47,7 @@ from ..files import (
     swap_in,
     write_jsonl,
 )
+from ..provenance import package_versions, utc_now
 from .params import check_choice, check_nonnegative, check_positive, coerce_all, notebook_parameters
 from .paths import check_run_name, notebook_source, output_root, run_dir
 from .report import assemble, df_to_md, markdown_to_html, md_table, normalize_code, source_cells
@@ -55,41 +55,6 @@ from .report import assemble, df_to_md, markdown_to_html, md_table, normalize_co
 STAGE_ENV = "TSPECTRA_STAGE_DIR"
 GROUP_ENV = "TSPECTRA_RUN_GROUP"  # set by the runner for a run of a group (a sweep)
 STATUSES = ("running", "complete", "failed", "interrupted")
-
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
-    """Versions of Python and the packages a result depends on."""
-    from importlib import metadata
-
-    names = (
-        "torch",
-        "transformers",
-        "numpy",
-        "pandas",
-        "gguf",
-        "safetensors",
-        "h5py",
-        "matplotlib",
-        "seaborn",
-        "papermill",
-    ) + tuple(extra)
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for n in names:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[n] = metadata.version(n)
-    try:
-        import torch
-
-        out["cuda_available"] = str(torch.cuda.is_available())
-        if torch.cuda.is_available():
-            out["cuda_device"] = torch.cuda.get_device_name(0)
-    except ImportError:  # pragma: no cover
-        pass
-    return out
 
 
 def _pid_alive(pid) -> bool:

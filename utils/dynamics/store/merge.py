@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...files import default_file_mode, temp_path_next_to
+from ...provenance import utc_now
 from .layout import (
     BATCH_INDEX_DOC,
     DATASET_RE,
@@ -19,7 +20,6 @@ from .layout import (
     RUN_GROUP_RE,
     h5py_module,
     natural_key,
-    utc_now,
     write_attrs,
 )
 
