@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..weights.specs import RANDOM_PREFIX
-from .runs import base_label, complete, model_order
+from ..running.labels import RANDOM_PREFIX, base_label
+from .runs import complete, model_order
 
 
 def _read(runs: pd.DataFrame, prefix: str, name: str, reader) -> pd.DataFrame:
