@@ -64,9 +64,10 @@ class FolderLock:
 
     def acquire(self, takeover: bool = False) -> FolderLock:
         """Take the lock, or :class:`AlreadyRunning` naming the holder. ``takeover``: a lock this very process
-        holds (a notebook cell that opened a run, run again in the same kernel) passes to this owner."""
+        holds for the same purpose (a notebook cell that opened a run, run again in the same kernel) passes
+        to this owner."""
         old = _HELD.get(str(self.path))
-        if old is not None and takeover:
+        if old is not None and takeover and old.what == self.what:
             old.release()
         for _ in range(20):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)

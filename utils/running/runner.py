@@ -65,10 +65,12 @@ from .index import write_index_html
 from .params import ParameterError, check_params, notebook_parameters
 from .paths import PROJECT_ROOT, find_notebook
 from .paths import output_root as resolve_output_root
+from .signals import SignalFlag
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (transformer-spectra)", "language": "python"}
 CHILD_ERROR = ".child-error.json"
 KERNEL_DIR_PREFIX = "tspectra-kernel-"
+SOCKET_PATH_MAX = 100  # a Unix socket address holds 108 bytes on Linux (104 on macOS)
 GRACE_S = 20.0
 
 
@@ -163,17 +165,26 @@ class _Supervisor:
 
 
 # ----------------------------------------------------------------------------- the kernel's sockets
+def _kernel_bases() -> list[str]:
+    return list(dict.fromkeys([tempfile.gettempdir(), "/tmp"]))
+
+
 def kernel_dir() -> Path:
-    """A private folder for one kernel's IPC sockets and connection file, named after this runner's pid."""
-    return Path(tempfile.mkdtemp(prefix=f"{KERNEL_DIR_PREFIX}{os.getpid()}-"))
+    """A private folder for one kernel's IPC sockets and connection file, named after this runner's pid: in
+    the temp folder, or in /tmp when the temp folder's path is too long for a socket address."""
+    for base in _kernel_bases():
+        if len(base) + len(KERNEL_DIR_PREFIX) + 24 + len("/kernel-99") <= SOCKET_PATH_MAX:
+            return Path(tempfile.mkdtemp(prefix=f"{KERNEL_DIR_PREFIX}{os.getpid()}-", dir=base))
+    raise OSError("no temp folder with a path short enough for the kernel's sockets: set TMPDIR=/tmp")
 
 
 def remove_stale_kernel_dirs() -> None:
     """Remove the kernel folders of runners that no longer run (killed together with their child)."""
-    for d in Path(tempfile.gettempdir()).glob(f"{KERNEL_DIR_PREFIX}*"):
-        m = re.match(rf"{KERNEL_DIR_PREFIX}(\d+)-", d.name)
-        if m and d.is_dir() and not process_alive(int(m.group(1))):
-            shutil.rmtree(d, ignore_errors=True)
+    for base in _kernel_bases():
+        for d in Path(base).glob(f"{KERNEL_DIR_PREFIX}*"):
+            m = re.match(rf"{KERNEL_DIR_PREFIX}(\d+)-", d.name)
+            if m and d.is_dir() and not process_alive(int(m.group(1))):
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def kill_kernel(stage: Path) -> None:
@@ -364,16 +375,6 @@ def execute_context(ctx: RunContext, replace: bool = False, timeout=None, progre
 
 
 # ----------------------------------------------------------------------------- command line
-class _Stop(threading.Event):
-    """Set by the first SIGINT / SIGTERM the command line receives; remembers which."""
-
-    signum: int | None = None
-
-    def handler(self, signum, frame) -> None:
-        self.signum = self.signum or signum
-        self.set()
-
-
 def _option(params: dict, name: str, value, option: str) -> None:
     """Put an option's value into the parameters; a different value given with -p is refused."""
     if value is None:
@@ -385,12 +386,10 @@ def _option(params: dict, name: str, value, option: str) -> None:
     params[name] = value
 
 
-def main(argv=None) -> int:
-    # Until a run's supervisor takes over (and again after it), a SIGINT / SIGTERM is noted here: a
+def main(argv=None, stop: SignalFlag | None = None) -> int:
+    # Until a run's supervisor takes over (and again after it), a SIGINT / SIGTERM is noted by ``stop``: a
     # signal before the run starts stops it from starting, and one during the clean-up cannot kill it halfway.
-    stop = _Stop()
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, stop.handler)
+    stop = stop or SignalFlag().install()
     ap = argparse.ArgumentParser(
         prog="python -m utils.run_notebook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -460,7 +459,7 @@ def main(argv=None) -> int:
         return 2
     _write_index(params.get("output_root"))
     if stop.is_set():
-        print(f"INTERRUPTED by {signal.Signals(stop.signum).name} after the run completed", file=sys.stderr)
+        print(f"INTERRUPTED by {stop.name()} after the run completed", file=sys.stderr)
         return 130
     print(f"done: {run}")
     return 0

@@ -54,6 +54,7 @@ from ..running.index import write_index_html
 from ..running.paths import check_output_root
 from ..running.paths import output_root as resolve_output_root
 from ..running.runner import NotebookFailed, RunInterrupted, execute_context
+from ..running.signals import SignalFlag
 from .index import write_sweep_index
 from .spec import MAX_RUNS, RunSpec, Sweep, SweepError
 
@@ -171,35 +172,6 @@ def plan(sweep: Sweep, root: Path) -> list[Planned]:
 
 
 # ----------------------------------------------------------------------------- signals
-class SignalLatch:
-    """SIGINT and SIGTERM noted, never raised, while a sweep runs (main thread only): the sweep looks at
-    :attr:`count` between its steps, so a signal at any moment, cluster start-up included, stops it cleanly."""
-
-    def __init__(self):
-        self.signals: list[int] = []
-        self._old: dict = {}
-
-    def __enter__(self) -> SignalLatch:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._note)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-    def _note(self, signum, frame) -> None:
-        self.signals.append(signum)
-
-    @property
-    def count(self) -> int:
-        return len(self.signals)
-
-    def name(self) -> str:
-        return signal.Signals(self.signals[0]).name if self.signals else ""
-
-
 @contextlib.contextmanager
 def sigint_held():
     """SIGINT blocked in this thread while worker processes are started: threads and processes started
@@ -346,18 +318,22 @@ def run_sweep(
     progress: bool = True,
     html_index: bool = True,
     max_runs: int | None = MAX_RUNS,
+    signals: SignalFlag | None = None,
 ) -> SweepResult:
     """Run every run of ``sweep`` that is not already complete (module docstring). ``max_runs``: refuse a
-    sweep of more runs (None: no limit). Raises :class:`SweepError` or a
-    :class:`~utils.running.paths.RunRefused` (the sweep running already, a name clash, an unusable output
-    root) before any run starts."""
+    sweep of more runs (None: no limit). ``signals``: a flag already noting SIGINT / SIGTERM (the command
+    line installs one first thing); by default one is installed for the sweep's duration. Raises
+    :class:`SweepError` or a :class:`~utils.running.paths.RunRefused` (the sweep running already, a name
+    clash, an unusable output root) before any run starts."""
     root = check_output_root(resolve_output_root(output_root))
     if max_runs is not None and len(sweep.runs) > max_runs:
         raise SweepError(
             f"sweep {sweep.name} has {len(sweep.runs):,} runs, more than the limit of {max_runs:,}: "
             f"pass --max-runs {len(sweep.runs)} (or --yes) to run them all"
         )
-    with SignalLatch() as signals:
+    own = signals is None
+    signals = signals if signals is not None else SignalFlag().install()
+    try:
         locks = []
         try:
             for nb in sweep.notebooks():
@@ -369,6 +345,9 @@ def run_sweep(
         result.index_csv = write_sweep_index(root, sweep, result.rows)
         if html_index:
             result.index_html = write_index_html(root)
+    finally:
+        if own:
+            signals.restore()
     return result
 
 
