@@ -44,6 +44,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 from ..progress import progress_bar
@@ -178,6 +179,9 @@ def sigint_held():
     meanwhile inherit the block (a terminal's Ctrl-C then reaches only this process), and a Ctrl-C that
     comes meanwhile is delivered, not lost, when the block ends."""
     main = threading.current_thread() is threading.main_thread()
+    # multiprocessing's resource tracker unblocks SIGINT in the thread that first starts it (bpo-33613):
+    # start it first, so that no thread of the cluster unblocks SIGINT by starting it later
+    resource_tracker.ensure_running()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if main else None
     try:
         yield
@@ -200,6 +204,7 @@ def local_gpu_count() -> int:
 def open_client(scheduler: str | None = None, workers: int | None = None, gpus: int = 0, dashboard=DEFAULT_DASHBOARD):
     """A Dask client: on ``scheduler`` (or ``$TSPECTRA_DASK_SCHEDULER``), else on an embedded LocalCluster
     with ``workers`` CPU workers (default: one per core) and ``gpus`` GPU workers (resource ``GPU=1``)."""
+    import dask
     from distributed import Client, LocalCluster
 
     address = scheduler or os.environ.get(SCHEDULER_ENV, "").strip() or None
@@ -219,7 +224,7 @@ def open_client(scheduler: str | None = None, workers: int | None = None, gpus: 
     scratch = tempfile.mkdtemp(prefix="tspectra-dask-")
     cluster = client = None
     try:
-        with sigint_held():
+        with sigint_held(), dask.config.set({"temporary-directory": scratch}):
             cluster = LocalCluster(
                 n_workers=n,
                 threads_per_worker=1,
