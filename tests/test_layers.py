@@ -24,8 +24,9 @@ NOT_HERE = ("weights", "latent")
 # function-level project imports kept on purpose: an import cost (torch, transformers, the model readers)
 # that a caller without that need should not pay
 LAZY_OK = {
-    ("running/params.py", "utils.device"),
-    ("running/params.py", "utils.weights"),
+    ("running/params.py", "utils.device"),  # torch, for the device rule: the runner needs it only for a run
+    ("running/params.py", "utils.weights"),  # torch and the model readers, for a {layer of model} rule
+    ("running/record.py", "utils.device"),  # torch, for start_run in the kernel; not for the runner or a sweep
     ("weight_ranks/rmt.py", "utils.diff.match"),  # the lead moves check_complete into utils.weights
 }
 
@@ -67,6 +68,28 @@ def test_no_sideways_imports(importer, imported):
         if mod == f"utils.{imported}" or mod.startswith(f"utils.{imported}.")
     ]
     assert not bad, bad
+
+
+def test_project_imports_are_at_the_top_of_their_module():
+    hidden = []
+    for p in FILES:
+        rel = str(p.relative_to(UTILS))
+        if rel.split("/")[0] in NOT_HERE:
+            continue
+        for mod, in_func in _imports(p):
+            if in_func and not any(rel == f and mod.startswith(m) for f, m in LAZY_OK):
+                hidden.append(f"{rel}: {mod}")
+    assert not hidden, "project imports inside functions: " + ", ".join(hidden)
+
+
+def test_the_runner_and_the_sweep_driver_do_not_import_torch():
+    """What the lazy imports above buy: the command lines start without torch (a second or two per run)."""
+    import subprocess
+    import sys
+
+    code = "import sys, utils.running.runner, utils.sweep.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_figures_order_weight_types_as_the_sweep_does(tiny_llama_dir, tmp_path):

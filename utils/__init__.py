@@ -19,7 +19,8 @@ package                   what it does                                          
 ========================  =============================================================  ========
 
 Small modules beside them: ``utils.files`` (atomic writes, JSONL), ``utils.device`` (the
-``device`` rule), ``utils.progress`` (progress bars for Lab and for headless runs).
+``device`` rule), ``utils.progress`` (progress bars for Lab and for headless runs),
+``utils.markdown`` (numbers and tables as markdown), ``utils.provenance`` (UTC times, package versions).
 
 The names below are the public API; they load lazily, so ``import utils`` is cheap.
 """

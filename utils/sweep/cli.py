@@ -20,6 +20,7 @@ import sys
 
 from ..markdown import md_table
 from ..running.index import write_index_html
+from ..running.labels import model_labels
 from ..running.paths import RunRefused, output_root
 from ..running.signals import SignalFlag
 from .execute import plan, run_sweep
@@ -27,11 +28,15 @@ from .spec import MAX_RUNS, SweepError, load_sweep
 
 
 def _print_plan(sweep, root) -> None:
+    """The runs, their models (labelled as in the index and the comparison), and what would execute."""
+    planned = plan(sweep, root)
+    labels = model_labels(p.ctx.params.get("model", "") for p in planned)
     rows = [
-        [p.spec.notebook, p.spec.key, "run" if p.execute else "skip (complete)", "GPU" if p.spec.gpu else ""]
-        for p in plan(sweep, root)
-    ]
-    print(md_table(["notebook", "run key", "action", "needs"], rows))
+        [p.spec.notebook, p.spec.key, labels[str(p.ctx.params.get("model", "")).strip()],
+         "run" if p.execute else "skip (complete)", "GPU" if p.spec.gpu else ""]
+        for p in planned
+    ]  # fmt: skip
+    print(md_table(["notebook", "run key", "model", "action", "needs"], rows))
 
 
 def main(argv=None, stop: SignalFlag | None = None) -> int:
