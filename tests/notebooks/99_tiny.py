@@ -10,7 +10,7 @@
 # # 99 · Tiny: a test notebook that works for a while, writing a file per step
 #
 # The run-safety and sweep tests run it many times (start-up, kills, interrupts) where a real notebook
-# would cost too much time.
+# would cost too much time; it has few cells, since papermill saves the notebook after each one.
 
 # %%
 import time
@@ -22,22 +22,12 @@ run_name: str = "default"  # results go to output/<notebook>/<run_name>/
 output_root: str = "output"  # results root; a relative path is taken from the project root
 seconds: float = 0.0  # how long the run works, in all {0..}
 steps: int = 1  # files written, one per step {1..}
-fail: bool = False  # raise in the last cell instead of finishing
 label: str = ""  # any text (a grid axis for sweeps)
 
 # %%
 run = start_run("99_tiny", globals())
-
-# %% [markdown]
-# ## Steps
-
-# %%
 for i in range(steps):
     time.sleep(seconds / steps)
     run.save_text(f"step {i} of {label!r}", f"step_{i}.txt")
 run.show(f"{steps} steps in {seconds} s")
-
-# %%
-if fail:
-    raise RuntimeError("asked to fail")
 run.finish()

@@ -25,7 +25,7 @@ from pathlib import Path
 import papermill as pm
 from jupyter_client.manager import AsyncKernelManager
 
-from ..files import atomic_write_json
+from .claim import OWNER
 from .paths import PROJECT_ROOT
 from .runner import CHILD_ERROR, KERNELSPEC, kill_kernel, to_ipynb
 
@@ -65,15 +65,37 @@ def _ipc_kernel_manager(kernel_dir: Path):
     return IPCKernelManager
 
 
+def _write_in(folder: Path, name: str, obj) -> None:
+    """Write a JSON file into ``folder`` if it still exists (never re-creating a staging folder that a clean-up
+    has removed meanwhile)."""
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(obj))
+        os.replace(tmp, folder / name)
+    except FileNotFoundError:
+        pass
+
+
+def record_child(stage: Path) -> None:
+    """Add this process to the staging folder's owner record: the stage is in use while it runs, even
+    after its runner died (:func:`utils.running.claim.clean_stale_stages`)."""
+    try:
+        owner = json.loads((stage / OWNER).read_text())
+    except (OSError, ValueError):
+        owner = {}
+    _write_in(stage, OWNER, {**owner, "child": os.getpid()})
+
+
 def main(argv=None) -> int:
     # a Dask worker may have started this process with SIGINT blocked; the kernel must be interruptible
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     args = json.loads((argv or sys.argv[1:])[0])
     src, out, kdir = Path(args["source"]), Path(args["output"]), Path(args["kernel_dir"])
-    err_path = out.parent / CHILD_ERROR
-    exit_with_parent(out.parent, kdir)
+    stage = out.parent
+    record_child(stage)
+    exit_with_parent(stage, kdir)
     try:
-        inp = out.parent / INPUT
+        inp = stage / INPUT
         to_ipynb(src, inp)
         pm.execute_notebook(
             str(inp),
@@ -86,10 +108,10 @@ def main(argv=None) -> int:
             kernel_manager_class=_ipc_kernel_manager(kdir),
         )
     except pm.PapermillExecutionError as e:
-        atomic_write_json(err_path, {"ename": e.ename, "evalue": str(e.evalue), "exec_count": e.exec_count})
+        _write_in(stage, CHILD_ERROR, {"ename": e.ename, "evalue": str(e.evalue), "exec_count": e.exec_count})
         return 3
-    except Exception as e:  # kernel died, bad notebook, ...
-        atomic_write_json(err_path, {"ename": type(e).__name__, "evalue": str(e)})
+    except Exception as e:  # kernel died, bad notebook, the staging folder removed under it, ...
+        _write_in(stage, CHILD_ERROR, {"ename": type(e).__name__, "evalue": str(e)})
         return 4
     return 0
 

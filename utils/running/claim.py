@@ -172,13 +172,14 @@ def _stage_owner(stage: Path) -> dict:
 
 def clean_stale_stages(final: Path) -> None:
     """Remove the staging folders of ``final`` whose owner is dead. Call it holding ``final``'s lock: a live
-    owner would hold the lock, so each stage found is stale, unless its record names a live process on
-    this host other than this one (kept, whatever the lock says)."""
+    owner would hold the lock, so a stage found is stale unless its record names a live process on this
+    host other than this one: its owner, or the owner's notebook process (``child``), which outlives a
+    killed runner for the moment it takes to stop its kernel and remove the stage itself."""
     for d in final.parent.glob(f".{final.name}.staging-*"):
         owner = _stage_owner(d)
-        pid = owner.get("pid")
-        live = owner.get("host") == platform.node() and pid != os.getpid() and process_alive(pid)
-        if not live:
+        here = owner.get("host") == platform.node()
+        pids = [owner.get(k) for k in ("pid", "child") if owner.get(k)]
+        if not (here and any(pid != os.getpid() and process_alive(pid) for pid in pids)):
             shutil.rmtree(d, ignore_errors=True)
 
 
