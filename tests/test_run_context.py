@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, TINY_NOTEBOOK
+from helpers import default_sigint, hidden_files, wait_for
 
 from utils.running.claim import AlreadyRunning, FolderLock, NameClash, process_alive
 from utils.running.context import CONTEXT_ENV, make_context
@@ -35,28 +36,7 @@ def cli(*args, env=None, **kw) -> subprocess.CompletedProcess:
 
 def start(*args, env=None) -> subprocess.Popen:
     return subprocess.Popen(CLI + [str(a) for a in args], cwd=REPO_ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)  # fmt: skip
-
-
-def _default_sigint():  # a test runner may ignore SIGINT; a terminal's child would not
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def hidden(root: Path) -> list[str]:
-    """Staging folders, lock files and temp files anywhere under ``root``."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*"))
-
-
-def wait_for(cond, timeout: float = 120.0, what: str = "the condition", proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the process ended (code {proc.returncode}) before {what}: {proc.communicate()}")
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)  # fmt: skip
 
 
 def kernel_started(root: Path, name: str = "r"):
@@ -193,7 +173,7 @@ def test_two_runs_of_one_name_at_once_the_second_is_refused_naming_the_first(tmp
     assert first.returncode == 0, err
     rec = json.loads((tmp_path / "99_tiny" / "r" / "run.json").read_text())
     assert rec["status"] == "complete" and len([f for f in rec["files"] if f.startswith("step_")]) == 3
-    assert hidden(tmp_path) == []
+    assert hidden_files(tmp_path) == []
 
 
 def test_only_staging_folders_of_dead_owners_are_cleaned(tmp_path):
@@ -218,7 +198,7 @@ def test_a_lock_taken_again_in_the_same_kernel_passes_to_the_new_run(tmp_path):
     b = Run("99_tiny", "r", {}, tmp_path, source=TINY)
     assert not a.dir.exists() and b.dir.exists()
     b.finish()
-    assert hidden(tmp_path) == [] and (tmp_path / "99_tiny" / "r" / "run.json").is_file()
+    assert hidden_files(tmp_path) == [] and (tmp_path / "99_tiny" / "r" / "run.json").is_file()
     with FolderLock(tmp_path / "99_tiny" / "r", "a test"):  # held for another purpose: no takeover
         with pytest.raises(AlreadyRunning, match=f"a test is already running \\(pid {os.getpid()}"):
             Run("99_tiny", "r", {}, tmp_path, source=TINY)
@@ -269,7 +249,7 @@ def test_an_early_ctrl_c_stops_the_run_and_keeps_the_complete_one(tmp_path, dela
         assert rec["status"] == "interrupted" and rec["elapsed_s"] == pytest.approx(span, abs=1.0)
     else:
         assert "nothing" in err or "before or after" in err, err
-    assert hidden(tmp_path) == []
+    assert hidden_files(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------- item 13: nothing in /tmp
@@ -294,7 +274,7 @@ def test_a_sigkilled_runner_leaves_no_kernel_sockets(tmp_path, request):
     wait_for(lambda: not process_alive(kernel), 30, "the kernel to notice its parent is gone")
     assert [p.name for p in tmp.iterdir() if p.name.startswith("tspectra-kernel-")], "expected the dead one's folder"
     assert cli(TINY, "--run-name", "r", "--output-root", root, env=env).returncode == 0
-    assert list(tmp.iterdir()) == [] and hidden(root) == []
+    assert list(tmp.iterdir()) == [] and hidden_files(root) == []
 
 
 def _is_child_of(proc_dir: Path, parent: int) -> bool:

@@ -23,15 +23,12 @@ import psutil
 import pytest
 import yaml
 from conftest import REPO_ROOT, TINY_NOTEBOOK
+from helpers import default_sigint, hidden_files, wait_for
 
 from utils.sweep import parse_sweep
 
 pytestmark = pytest.mark.slow
 TINY = str(TINY_NOTEBOOK)
-
-
-def _default_sigint():  # a test runner may ignore SIGINT; a terminal's child would not
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture
@@ -55,19 +52,7 @@ def start_sweep(path: Path, root: Path, *args, tmp: Path | None = None) -> subpr
     cmd = [sys.executable, "-m", "utils.sweep", str(path), "--output-root", str(root), "--no-progress",
            "--dashboard", "127.0.0.1:0", *args]  # fmt: skip
     return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, preexec_fn=_default_sigint)  # fmt: skip
-
-
-def wait_for(cond, proc: subprocess.Popen | None = None, timeout: float = 180.0, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the sweep ended (code {proc.returncode}) before {what}:\n{proc.stdout.read()}")
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+                            start_new_session=True, preexec_fn=default_sigint)  # fmt: skip
 
 
 def running_stages(group: Path) -> list[Path]:
@@ -88,10 +73,6 @@ def index(root: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(root / "sweeps" / name / "index.csv", keep_default_na=False)
 
 
-def hidden(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*"))
-
-
 # ----------------------------------------------------------------------------- item 4: one owner per sweep
 def test_the_same_sweep_started_twice_the_second_is_refused(tmp_path):
     """The same sweep file started twice: three of six runs failed and index.csv said `failed` beside a
@@ -99,7 +80,7 @@ def test_the_same_sweep_started_twice_the_second_is_refused(tmp_path):
     f, root = sweep_file(tmp_path, "twice", ["a", "b"], seconds=4), tmp_path / "out"
     first = start_sweep(f, root, "--workers", "1")
     try:
-        wait_for(lambda: running_stages(root / "99_tiny" / "twice"), first, what="a run of the first sweep")
+        wait_for(lambda: running_stages(root / "99_tiny" / "twice"), proc=first, what="a run of the first sweep")
         second = subprocess.run([sys.executable, "-m", "utils.sweep", str(f), "--output-root", str(root)],
                                 cwd=REPO_ROOT, capture_output=True, text=True)  # fmt: skip
         assert second.returncode == 2, second.stderr
@@ -107,7 +88,7 @@ def test_the_same_sweep_started_twice_the_second_is_refused(tmp_path):
     finally:
         out = finish(first)
     assert first.returncode == 0, out
-    assert list(index(root, "twice").status) == ["complete", "complete"] and hidden(root) == []
+    assert list(index(root, "twice").status) == ["complete", "complete"] and hidden_files(root) == []
 
 
 # ----------------------------------------------------------------------------- items 6, 7, 14: signals
@@ -116,7 +97,7 @@ def test_ctrl_c_while_the_cluster_starts_runs_nothing(tmp_path):
     f, root = sweep_file(tmp_path, "early", ["a", "b", "c"], seconds=1), tmp_path / "out"
     proc = start_sweep(f, root, "--workers", "2")
     try:  # the cluster's first process: multiprocessing's resource tracker, started just before the workers
-        wait_for(lambda: psutil.Process(proc.pid).children(), proc, what="the cluster to start")
+        wait_for(lambda: psutil.Process(proc.pid).children(), proc=proc, what="the cluster to start")
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     finally:
         out = finish(proc)
@@ -124,7 +105,7 @@ def test_ctrl_c_while_the_cluster_starts_runs_nothing(tmp_path):
     assert "run(s) to execute" not in out and "INTERRUPTED by SIGINT" in out
     df = index(root, "early")
     assert list(df.status) == ["cancelled"] * 3 and not df.executed.any()  # item 14: not executed
-    assert [p.name for p in (root / "99_tiny" / "early").iterdir()] == ["index.csv"] and hidden(root) == []
+    assert [p.name for p in (root / "99_tiny" / "early").iterdir()] == ["index.csv"] and hidden_files(root) == []
 
 
 def test_sigterm_to_a_sweep_is_handled_as_ctrl_c(tmp_path):
@@ -132,7 +113,7 @@ def test_sigterm_to_a_sweep_is_handled_as_ctrl_c(tmp_path):
     f, root = sweep_file(tmp_path, "term", ["a", "b", "c"], seconds=60), tmp_path / "out"
     proc = start_sweep(f, root, "--workers", "1")
     try:
-        wait_for(lambda: running_stages(root / "99_tiny" / "term"), proc, what="a run")
+        wait_for(lambda: running_stages(root / "99_tiny" / "term"), proc=proc, what="a run")
         t_signal = time.time()
         proc.send_signal(signal.SIGTERM)  # the sweep's process only, as `kill PID` does
     finally:
@@ -144,7 +125,7 @@ def test_sigterm_to_a_sweep_is_handled_as_ctrl_c(tmp_path):
     assert kept.name.endswith(".interrupted") and json.loads((kept / "run.json").read_text())["signal"] == "SIGINT"
     assert df[df.status == "interrupted"].executed.all() and not df[df.status == "cancelled"].executed.any()
     assert (root / "index.html").stat().st_mtime >= t_signal and "interrupted" in (root / "index.html").read_text()
-    assert hidden(root) == []
+    assert hidden_files(root) == []
 
 
 # ----------------------------------------------------------------------------- item 8: a clean cancel
@@ -180,7 +161,7 @@ def test_ctrl_c_cancels_queued_runs_at_once_writing_the_index_once_per_batch(tmp
     assert stop_s < 120, stop_s
     err = capfd.readouterr().err
     assert "Traceback" not in err and "CancelledError" not in err, err[-3000:]
-    assert list(index(tmp_path, "many").status).count("cancelled") == 29 and hidden(tmp_path) == []
+    assert list(index(tmp_path, "many").status).count("cancelled") == 29 and hidden_files(tmp_path) == []
 
 
 def test_a_grid_over_the_limit_is_refused_unless_asked_for(tmp_path):
@@ -244,12 +225,12 @@ def test_stress_twenty_runs_two_workers_killed_one_ctrl_c_then_resume(tmp_path, 
     try:
         for _ in range(2):  # two workers killed at random moments, each in the middle of a run
             time.sleep(rng.uniform(0.5, 3.0))
-            victim = wait_for(lambda: _workers(proc.pid), proc, what="a worker running a run")
+            victim = wait_for(lambda: _workers(proc.pid), proc=proc, what="a worker running a run")
             victim = rng.choice(victim)
             killed.append(victim.pid)
             victim.send_signal(signal.SIGKILL)
-        wait_for(lambda: len(_complete_runs(group)) >= 6, proc, what="six complete runs")
-        wait_for(lambda: running_stages(group), proc, what="a run in progress")
+        wait_for(lambda: len(_complete_runs(group)) >= 6, proc=proc, what="six complete runs")
+        wait_for(lambda: running_stages(group), proc=proc, what="a run in progress")
         os.killpg(proc.pid, signal.SIGINT)
     finally:
         out = finish(proc)
@@ -257,7 +238,7 @@ def test_stress_twenty_runs_two_workers_killed_one_ctrl_c_then_resume(tmp_path, 
     assert "Traceback" not in out, out
     df = _check_folders_and_index(root, group, "stress", keys)
     assert 6 <= (df.status == "complete").sum() < 20 and set(df.status) <= {"complete", "interrupted", "cancelled"}
-    assert hidden(root) == [] and list(short_tmp.iterdir()) == [], list(short_tmp.iterdir())
+    assert hidden_files(root) == [] and list(short_tmp.iterdir()) == [], list(short_tmp.iterdir())
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(short_tmp) in " ".join(p.info["cmdline"] or [])]
     assert not leftovers, leftovers
     done_before = {k: (group / k / "run.json").stat().st_mtime_ns for k in df.index[df.status == "complete"]}
@@ -268,6 +249,6 @@ def test_stress_twenty_runs_two_workers_killed_one_ctrl_c_then_resume(tmp_path, 
     df = _check_folders_and_index(root, group, "stress", keys)
     assert (df.status == "complete").all() and df.executed.sum() == 20 - len(done_before)
     assert {k: (group / k / "run.json").stat().st_mtime_ns for k in done_before} == done_before
-    assert not list(group.glob("*.interrupted")) and hidden(root) == [] and list(short_tmp.iterdir()) == []
+    assert not list(group.glob("*.interrupted")) and hidden_files(root) == [] and list(short_tmp.iterdir()) == []
     with contextlib.suppress(psutil.NoSuchProcess):
         assert not any(psutil.Process(pid).is_running() for pid in killed)
