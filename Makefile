@@ -24,7 +24,7 @@ $(VENV)/.stamp-bench: $(VENV)/.stamp
 	  echo "[bench] the bench extra (WeightWatcher) did not install: bench_rmt.py skips its baseline"
 	touch $@
 
-.PHONY: help venv run sweep index test lint format bench fixtures sync lab clean clean-output distclean
+.PHONY: help venv run sweep index test lint format bench fixtures families sync lab clean clean-output distclean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +62,12 @@ bench: $(VENV)/.stamp-bench ## Print the benchmark figures with their baselines 
 
 fixtures: $(VENV)/.stamp ## Write once the 8B and 3B random-weight checkpoints for bench_scale (~22 GB, ~/.cache; TSPECTRA_FIXTURES)
 	$(PY) -m utils.weights.fixtures
+
+families: $(VENV)/.stamp ## Run the conformance tests of every family and regenerate the README's family table from them
+	rm -f docs/conformance.jsonl
+	TSPECTRA_CONFORMANCE=docs/conformance.jsonl $(PY) -m pytest -q -n 2 tests/test_families.py -k "not readme"
+	$(PY) -m utils.weights.family_table docs/conformance.jsonl docs/conformance.json README.md
+	rm -f docs/conformance.jsonl
 
 sync: $(VENV)/.stamp ## Generate / update the paired .ipynb next to each notebooks/*.py (jupytext)
 	$(VENV)/bin/jupytext --sync $(NOTEBOOKS)

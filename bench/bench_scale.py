@@ -62,7 +62,10 @@ def child(kind: str, model: str, out: str, precision: str, device: str) -> None:
         df = weight_sweep(src, device=device, precision=precision, progress=False)
         res["eff_rank"] = dict(zip(df["name"], df["eff_rank"].astype(float)))
     elif kind == "attention":
-        sw = sweep_attention(open_weights(model), device=device, progress=False)
+        from utils.attention import circuits_of
+
+        src = open_weights(model)
+        sw = sweep_attention(src, circuits=circuits_of(src), device=device, progress=False)
         res["heads"] = int(sw.L * sw.h)
         res["qk_eff_rank_mean"] = float(sw.eff_rank("qk").mean())
     elif kind == "naive":
@@ -72,6 +75,25 @@ def child(kind: str, model: str, out: str, precision: str, device: str) -> None:
             if p.ndim == 2:
                 S = torch.linalg.svdvals(p.detach().float())
                 res["eff_rank"][name] = float(effective_rank(S.double().numpy()))
+    elif kind == "naive_sample":  # the naive path, its SVD loop timed on one matrix per shape and extrapolated
+        m = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
+        res["load_s"] = time.perf_counter() - t0
+        counts: dict[tuple, list] = {}
+        for _, p in m.named_parameters():
+            if p.ndim >= 2:  # a 3-D expert tensor is one matrix per expert
+                mats = p.detach().reshape(-1, *p.shape[-2:])
+                counts.setdefault(tuple(mats.shape[-2:]), [mats[0], 0])[1] += mats.shape[0]
+        svd_s = 0.0
+        for W, n in counts.values():
+            t = time.perf_counter()
+            torch.linalg.svdvals(W.float())
+            svd_s += (time.perf_counter() - t) * n
+        res["svd_s_extrapolated"] = svd_s
+        res["matrices"] = sum(n for _, n in counts.values())
+        res["threads"] = torch.get_num_threads()
+        res["wall_s"] = res["load_s"] + svd_s
+        Path(out).write_text(json.dumps(res))
+        return
     else:
         raise ValueError(kind)
     res["wall_s"] = time.perf_counter() - t0

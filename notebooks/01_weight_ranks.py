@@ -16,8 +16,9 @@
 # %% [markdown]
 # # 01 · Weight effective ranks
 #
-# How much of its available dimension does each weight matrix of a transformer use? For every 2-D
-# weight of every layer (and the embeddings) we take the singular values and report the
+# How much of its available dimension does each weight matrix of a transformer use? For every weight
+# matrix of every layer (each expert's separately in a mixture of experts; fused tensors split into their
+# roles; and the embeddings) we take the singular values and report the
 # **effective rank** (Roy & Vetterli: `exp(H(p))` with `p = σ / Σσ`), the stable rank, spectral
 # norm, condition number and the number of components holding 50/75/90/95/99 % of the energy
 # `Σσ²`. Weights are streamed one tensor at a time; the model is never instantiated.
@@ -38,7 +39,7 @@ resume: bool = True  # keep per-matrix results in the output root cache and reus
 # %%
 from pathlib import Path
 
-from utils import plots, weight_ranks
+from utils import explore, plots, weight_ranks
 from utils.running import start_run
 from utils.spectral import svdvals
 from utils.weights import open_weights
@@ -70,6 +71,7 @@ with run.timer("weight sweep"):
         src, null=null_model, seed=null_seed, n_boot=n_boot, device=device, include_model_level=include_embeddings,
         precision=precision, cache=run.cache_dir / "weight_sweep", resume=resume)
 run.save_csv(df, "weight_ranks.csv")
+explore.save_weight_spectra(run, df, spectra, null_spectra)  # what the explorer below draws
 stats = weight_ranks.stats_by_weight_type(df)
 run.save_csv(stats, "eff_rank_stats_by_type.csv")
 run.show(f"{len(df)} matrices analysed in {run.timings['weight sweep']:.1f} s: {df.attrs['computed']} computed, "
@@ -110,12 +112,13 @@ run.show(weight_ranks.layer_table(df).round(2), digits=5, index=True)
 # directions hold 50 ... 99 % of it.
 
 # %%
-S = svdvals(src.layer_weight(layer, "down"), device=device)
+W_down, down_label = weight_ranks.down_projection(src, layer)
+S = svdvals(W_down, device=device)
 ve = weight_ranks.variance_explained(S)
-run.show(plots.variance_explained(ve["per_component"], ve["cumulative"], f"W_down, layer {layer}"),
+run.show(plots.variance_explained(ve["per_component"], ve["cumulative"], f"{down_label}, layer {layer}"),
          "down_proj_variance.png")
-run.show(f"W_down of layer {layer}: top σ {S[0]:.4f}, smallest σ {S[-1]:.6f}, condition number {S[0] / S[-1]:.1f}; "
-         f"99 % of the variance in {ve['milestones'][0.99]}/{len(S)} components.")
+run.show(f"{down_label} of layer {layer}: top σ {S[0]:.4f}, smallest σ {S[-1]:.6f}, condition number "
+         f"{S[0] / S[-1]:.1f}; 99 % of the variance in {ve['milestones'][0.99]}/{len(S)} components.")
 run.show(weight_ranks.milestone_table(ve["milestones"], len(S)))
 
 # %% [markdown]
@@ -149,11 +152,15 @@ else:
 # Tracy–Widom margin) are **spikes**, and *spike mass* is their share of `‖W‖²_F`. The tail is fitted by a
 # power law `p(λ) ∝ λ^−α` above the cutoff with the smallest Kolmogorov–Smirnov distance (Clauset–Shalizi–
 # Newman), with a bootstrap 95 % interval; `*` marks fits that are **not credible** (tail under 20 points or
-# α outside 1.5–8). `alpha_weighted` = α·log₁₀ λ_max is WeightWatcher's weighted alpha. WeightWatcher reads
-# 2 ≤ α ≤ 6 as well trained; the permuted null (an MP-like ESD) shows which α a structureless matrix with
-# the same entries gets. WeightWatcher 0.7.7 chooses the cutoff among tails down to 2 points against a
-# one-sided empirical CDF: on layers where its α differs from ours it has picked a short tail (`make bench`
-# compares the two on this model). Plots: the middle layer of each weight type.
+# α outside 1.5–8). `alpha_weighted` = α·log₁₀ σ²_max is WeightWatcher's weighted alpha (on WeightWatcher's
+# scale: σ_max² of `WᵀW`, not divided by N; the CSV's `lambda_max` is σ_max²/N). WeightWatcher reads
+# 2 ≤ α ≤ 6 as well trained; the permuted null shows which α a matrix with the same entries and no structure
+# gets (an MP-like ESD for light-tailed entries; entries with outliers give the null spikes of their own).
+# **This α is not WeightWatcher's**: the cutoff here follows Clauset–Shalizi–Newman (two-sided KS distance,
+# tails of at least a few points), while WeightWatcher 0.7.7 chooses among tails down to 2 points against a
+# one-sided empirical CDF, so the two differ on matrices where it picks a short tail (up to tens of per cent).
+# `policy="ww"` of `utils.weight_ranks.rmt_sweep` reproduces WeightWatcher's α exactly; `make bench` compares
+# the two on this model. Plots: the middle layer of each weight type.
 
 # %%
 run.show(weight_ranks.quality_by_type(df))
@@ -177,6 +184,40 @@ else:
     run.show("Null model skipped (`null_model = False`).")
 
 # %% [markdown]
+# ## Mixture of experts: how much the experts of a block differ
+#
+# In a mixture-of-experts block every expert's W_gate, W_up and W_down is its own matrix (the tables above
+# average them per block). Here, per block and weight type, the spread of the effective rank and of α over
+# the experts, beside the same spread of their permuted nulls: a spread no wider than the null's says the
+# experts differ only in their entries' distribution, not in their structure.
+
+# %%
+spread = weight_ranks.expert_spread(df)
+if len(spread):
+    run.save_csv(spread, "expert_spread.csv")
+    run.show(spread.round(3))
+    run.show(plots.diagnostics.expert_spread(df), "expert_spread.png")
+else:
+    run.show("Not applicable: this model has no mixture-of-experts block.")
+
+# %% [markdown]
+# ## Quantisation noise: which part of a spectrum is the model's
+#
+# A quantised GGUF matrix is the model plus rounding noise: each value is rounded to a multiple of its
+# block's step, an error uniform on ± half a step (variance step²/12, from each block's stored scale). The
+# **noise edge** is the largest singular value of noise with exactly that variance profile; singular values
+# above it are the model's, those below are indistinguishable from what the quantiser adds.
+
+# %%
+quant = weight_ranks.quantisation_summary(df)
+if len(quant):
+    run.show(quant.round(4))
+    run.show(plots.diagnostics.quantisation_noise(df, spectra), "quantisation_noise.png")
+else:
+    run.show("Not applicable: the weights are not block-quantised (F32 / F16 / BF16 tensors carry no rounding noise "
+             "model here).")
+
+# %% [markdown]
 # ## Largest layer-over-layer transitions
 #
 # Per weight type, the largest drop and the largest jump of effective rank between consecutive layers.
@@ -184,3 +225,13 @@ else:
 # %%
 run.show(weight_ranks.largest_transitions(df))
 run.finish()
+
+# %% [markdown]
+# ## Explore
+#
+# In JupyterLab: pick a weight type, layer (and expert) to see that matrix's spectrum against its null and
+# its place along depth, redrawn from the results above (nothing is recomputed). Headless runs keep the
+# static figures. Any run folder opens the same way: `explore.open("output/01_weight_ranks/<run>")`.
+
+# %%
+explore.here(run)

@@ -26,6 +26,15 @@
 # the R factors of two thin QRs, the non-zero eigenvalues from the d_head × d_head matrix
 # `W_K,g W_Q,i^T` (resp. `W_V,g W_O,i`), asymmetry and symmetry from traces. No d × d matrix is formed,
 # which makes the sweep over every head of every layer fast enough for a 70B model.
+#
+# **Which operator.** With `kernel = raw` (the default, the seed documents' convention) the kernels are the
+# products of the checkpoint's weights. With `kernel = folded` they are the bilinear forms the model applies
+# to its normalised residual stream: the input norm's gain folded in, QK-norm gains folded as a diagonal,
+# the family's scale included (Gemma's `query_pre_attn_scalar`, DeepSeek's MLA scale), the post-attention
+# norm's gain folded into OV. The report states which, and where the form is exact only up to per-token
+# factors (QK-norm, latent norms) or a monotone map (a logit soft-cap). For multi-head latent attention
+# (DeepSeek-V2/V3) the kernels are the exact products through the latent projections, and each head's
+# decoupled rotary part is a third kernel, `qk_rope`.
 
 # %% tags=["parameters"]
 model: str = "smollm2"  # bundled default, or a .gguf path, an HF checkpoint dir, or a hub id
@@ -41,12 +50,13 @@ null_model: bool = True  # compare every head with a permuted null (entries perm
 null_seed: int = 0  # seed of the permuted nulls
 composition: bool = True  # Q-, K-, V-composition scores between every pair of heads in different layers
 top_pairs: int = 10  # rows per composition in the top-pairs table {1..}
+kernel: str = "raw"  # raw (products of the checkpoint's weights) or folded (the form on the normalised stream) {raw, folded}
 
 # %%
 import numpy as np
 import pandas as pd
 
-from utils import attention, plots
+from utils import attention, explore, plots
 from utils.running import start_run
 from utils.running.params import check_index
 from utils.spectral.null import PermutedWeights
@@ -57,8 +67,9 @@ src = open_weights(model)
 D = src.dims
 layer = check_index("layer_idx", layer_idx, D.L, "layers")
 head = check_index("head_idx", head_idx, D.h, "query heads per layer")
-circuits = ("qk", "ov") if include_ov else ("qk",)
+circuits = tuple(c for c in attention.circuits_of(src) if include_ov or c != "ov")
 run.show(src.describe())
+run.show(" ".join(attention.attention_form(src, layer).notes(kernel)))
 run.show(f"Single-head analysis: layer {layer}, head {head}, which reads KV head {head // (D.h // D.n_kv)} "
          f"({D.h // D.n_kv} query heads per KV head).")
 
@@ -72,7 +83,7 @@ run.show(f"Single-head analysis: layer {layer}, head {head}, which reads KV head
 
 # %%
 with run.timer("single layer"):
-    kernels = {c: attention.layer_kernels(src, layer, c, device) for c in circuits}
+    kernels = {c: attention.layer_kernels(src, layer, c, device, kernel) for c in circuits}
     spectra = {c: k.spectra() for c, k in kernels.items()}
 for c, ks in spectra.items():
     title = f"{attention.TITLES[c]}: layer {layer}, head {head}"
@@ -110,7 +121,7 @@ else:
 
 # %%
 with run.timer("sweep all layers and heads"):
-    sw = attention.sweep_attention(src, circuits=circuits, device=device)
+    sw = attention.sweep_attention(src, circuits=circuits, device=device, kernel=kernel)
 run.save_csv(sw.to_frame(), "attention_heads.csv")
 fig, axes = plots.grid(2 * len(circuits), ncols=2, size=(7.5, 4.5))
 for ax, c in zip(axes[::2], circuits):
@@ -150,10 +161,11 @@ run.show(qk_grid, index=True)
 # %%
 if null_model:
     with run.timer("null sweep"):
-        sw0 = attention.sweep_attention(PermutedWeights(src, null_seed), circuits=circuits, device=device)
+        sw0 = attention.sweep_attention(PermutedWeights(src, null_seed), circuits=circuits, device=device, kernel=kernel)
     heads, heads0 = sw.to_frame(), sw0.to_frame()
     run.show(attention.head_null_table(heads, heads0, circuits).round(3))
     run.show(plots.diagnostics.heads_vs_null(heads, heads0, circuits), "heads_vs_null.png")
+explore.save_head_spectra(run, sw, sw0 if null_model else None)  # what the explorer below draws
 
 # %% [markdown]
 # ## Head circuits: composition scores and directionality
@@ -168,18 +180,19 @@ if null_model:
 # %%
 if composition:
     with run.timer("composition scores"):
-        cs = attention.composition_scores(src, device=device)
+        cs = attention.composition_scores(src, device=device, kernel=kernel)
         if null_model:
             null_src = PermutedWeights(src, null_seed, "residual")
-            cs = attention.with_null(cs, attention.composition_scores(null_src, device=device))
+            cs = attention.with_null(cs, attention.composition_scores(null_src, device=device, kernel=kernel))
     run.save_csv(cs.pairs(), "composition_scores.csv")
     run.show(attention.top_pairs(cs, top_pairs).round(4))
     run.show(plots.diagnostics.composition_heatmaps(cs), "composition_heatmaps.png")
     if null_model:
         run.show(plots.diagnostics.score_vs_null(cs), "composition_vs_null.png")
-    dirs = attention.directionality_table(src, device=device)
+    dirs = attention.directionality_table(src, device=device, kernel=kernel)
     run.save_csv(dirs, "directionality.csv")
-    dirs_null = attention.directionality_table(PermutedWeights(src, null_seed), device=device) if null_model else None
+    dirs_null = (attention.directionality_table(PermutedWeights(src, null_seed), device=device, kernel=kernel)
+                 if null_model else None)
     run.show(attention.directionality_summary(dirs, dirs_null).round(4))
 
 # %% [markdown]
@@ -191,12 +204,25 @@ if composition:
 # - **Asymmetry** is ‖A − Aᵀ‖_F / ‖A‖_F ∈ [0, 2], from ‖A‖²_F = Σσ² and tr(A²) = tr((YX)²); the
 #   **symmetry score** is (1 + tr(A²)/‖A‖²_F)/2 ∈ [0, 1] (asymmetry = 2·sqrt(1 − symmetry)). For the OV
 #   circuit a high score with positive eigenvalues suggests copying; negative eigenvalues suggest suppression.
-# - **Rotary position embeddings are not part of A.** In Llama / Qwen / Mistral models RoPE rotates q and k
-#   by position-dependent angles between W_Q and W_K, so A is the position-free (relative offset 0) part.
-#   GGUF files store Q and K rows permuted for llama.cpp's rotary layout; the loader undoes that, and A
-#   does not depend on it anyway. GPT-2 (learned absolute positions) and BERT have no rotation.
-# - GPT-2's fused `c_attn` is split into W_Q, W_K, W_V (its Conv1D weights transposed); BERT's
-#   `query` / `key` / `value` map directly.
+# - **Rotary position embeddings are not part of A.** RoPE rotates q and k by position-dependent angles
+#   between W_Q and W_K, so A is the position-free (relative offset 0) part; a partial rotary (GPT-NeoX,
+#   Phi-3, GPT-J) leaves the other dimensions unrotated. GGUF files of the llama architecture store Q and K
+#   rows permuted for llama.cpp's rotary layout; the loader undoes that. GPT-2 (learned absolute
+#   positions) and BERT have no rotation; Falcon-RW's ALiBi adds a position bias outside A.
+# - **Fused and per-family storage** is read through one table per family (`utils/weights/families.py`):
+#   GPT-2's `c_attn` (Conv1D, transposed), GPT-NeoX's per-head interleaved `query_key_value`, Phi-3's
+#   `qkv_proj`, Falcon's multi-query and grouped layouts are split into W_Q, W_K, W_V; every family is checked
+#   against transformers' own forward in the test suite (`tests/test_families.py`).
 
 # %%
 run.finish()
+
+# %% [markdown]
+# ## Explore
+#
+# In JupyterLab: pick a layer and head (or click the heatmap) to see its QK and OV singular values beside
+# the null's, its eigenvalues and its strongest composition partners, redrawn from the results above.
+# Headless runs keep the static figures. `explore.open("output/02_attention_kernels/<run>")` opens any run.
+
+# %%
+explore.here(run)

@@ -47,9 +47,10 @@ rank_k_max: int = 4  # largest k of the rank-k correction follow-up (0 skips it)
 n_boot: int = 2000  # bootstrap resamples over heads for the correlation intervals {0..}
 boot_seed: int = 0  # seed of the bootstrap
 heads_to_plot: int = 4  # heads whose spectral shapes across layers are drawn {1..}
+kernel: str = "raw"  # raw (products of the checkpoint's weights) or folded (the form on the normalised stream) {raw, folded}
 
 # %%
-from utils import plots, rescale
+from utils import explore, plots, rescale
 from utils.rescale import tables
 from utils.running import start_run
 from utils.running.params import ParameterError, check_file
@@ -63,7 +64,9 @@ if geometry_json:
 # %% [markdown]
 # ## Geometry
 #
-# Static: singular values of every head's `W_Q_h^T W_K_h` (exact factored computation, float64).
+# Static: singular values of every head's QK kernel (exact factored computation, float64), `W_Q_h^T W_K_h`
+# with `kernel = raw`, the bilinear form on the normalised residual stream with `kernel = folded` (norm gains,
+# QK-norm, the scale; `utils.attention.forms`); the geometry records which.
 # Dynamic: mean attention entropy per head over a text sample, by the rule printed below. A supplied
 # `geometry_json` replaces both and no model is loaded. The geometry analysed is saved as `geometry.json`.
 
@@ -74,8 +77,8 @@ with run.timer("geometry"):
         source = f"supplied JSON `{geometry_json}`" + (f" (model: {geo['model']})" if "model" in geo else "")
     else:
         geo = rescale.extract_geometry(model, text_path=text_path or None, seq_len=seq_len, n_seqs=n_seqs,
-                                       skip_first=skip_first, batch_size=batch_size)
-        source = f"extracted from `{geo['model']}`"
+                                       skip_first=skip_first, batch_size=batch_size, kernel=kernel)
+        source = f"extracted from `{geo['model']}` ({kernel} kernels)"
 run.save_json(geo, "geometry.json")
 sigma, ent = rescale.collect_spectra(geo), rescale.collect_entropy(geo)
 entropy_rule = geo.get("entropy_rule", "not stated in the supplied JSON")
@@ -93,6 +96,7 @@ with run.timer("analysis"):
     res = rescale.analyze(sigma, ent, anchor, rank_k_max=rank_k_max, n_boot=n_boot, boot_seed=boot_seed)
     others = {a: res if a == anchor else rescale.analyze(sigma, ent, a, rank_k_max=0, n_boot=0) for a in rescale.ANCHORS}
 aL = res.anchor_layer
+explore.save_rescale_fits(run, sigma, others)  # what the explorer below draws
 run.show(tables.summary_lines(res))
 
 # %% [markdown]
@@ -177,3 +181,12 @@ if rank_k_max > 0:
 # %%
 run.save_json(tables.results_record(res, others, source, sigma, entropy_rule), "results.json")
 run.finish()
+
+# %% [markdown]
+# ## Explore
+#
+# In JupyterLab: pick an anchor, a head and a layer to see that layer's spectrum beside the anchor's
+# rescaled by the fitted scalar, and the fit's residual along depth, redrawn from the results above.
+
+# %%
+explore.here(run)

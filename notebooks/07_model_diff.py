@@ -20,7 +20,8 @@
 # and an unquantised file) are matched weight by weight and streamed: two matrices in memory at a time.
 # Per weight: the relative change `‖ΔW‖_F/‖W_A‖_F`, the spectrum of `ΔW = W_B − W_A` with its effective,
 # stable and numerical rank (a fine-tune that is a low-rank update shows a small rank), and the principal
-# angles between the top-k singular subspaces of `W_A` and `W_B`. Per head: the change of the QK / OV
+# angles between the top-k singular subspaces of `W_A` and `W_B` (on the short side: the input-side, right
+# singular vectors of a square or tall matrix, the output-side, left ones of a wide one). Per head: the change of the QK / OV
 # singular values and symmetry. Mismatched architectures are refused with the first difference named.
 # By default model B is `random:<model A>`, the same network freshly initialised: the diff then shows
 # how far training moved each weight from where it started (as a distribution, not the exact start).
@@ -33,9 +34,10 @@ output_root: str = "output"  # results root; a relative path is taken from the p
 top_k: int = 16  # singular directions whose subspaces are compared by principal angles {1..}
 heads: bool = True  # also compare the QK / OV spectra and symmetry of every head
 top_layers: int = 10  # rows of the most-changed-layers table {1..}
+kernel: str = "raw"  # head kernels: raw (products of the checkpoint's weights) or folded (the form on the normalised stream) {raw, folded}
 
 # %%
-from utils import diff, plots
+from utils import attention, diff, explore, plots
 from utils.running import start_run
 from utils.weights import open_weights
 
@@ -55,10 +57,11 @@ run.show(a.describe())
 # %%
 with run.timer("weight diff"):
     df = diff.diff_sweep(a, b, top_k=top_k)
-run.save_csv(df.drop(columns="sv_diff"), "weight_diff.csv")
+run.save_csv(df.drop(columns=list(diff.ARRAY_COLUMNS)), "weight_diff.csv")
+explore.save_diff_spectra(run, df)  # what the explorer below draws
 run.show(f"{int((df.rel_change > 0).sum())} of {len(df)} matrices changed; largest relative change {df.rel_change.max():.3g}.")
 run.show(plots.diagnostics.diff_by_layer(df), "diff_by_layer.png")
-run.show(df.drop(columns="sv_diff").round(4), details="every matrix")
+run.show(df.drop(columns=list(diff.ARRAY_COLUMNS)).round(4), details="every matrix")
 
 # %% [markdown]
 # ## The layers that changed most
@@ -72,12 +75,23 @@ run.show(diff.changed_layers(df, top_layers).round(4))
 # ## Every head: QK / OV spectra and symmetry
 #
 # `sv_change` = ‖s_B − s_A‖/‖s_A‖ of a head's kernel singular values; `dsymmetry` the change of its symmetry
-# score (0 unchanged; a random kernel sits at ≈ 0.5).
+# score (0 unchanged; a random kernel sits at ≈ 0.5). The kernels are `raw` or `folded` (parameter `kernel`;
+# `folded` includes the norm gains, so a fine-tune that only moved the norms shows here and not above).
 
 # %%
 if heads:
+    run.show(" ".join(attention.attention_form(a, -1).notes(kernel)))
     with run.timer("head diff"):
-        hd = diff.head_diff(a, b)
+        hd = diff.head_diff(a, b, circuits=attention.circuits_of(a), kernel=kernel)
     run.save_csv(hd, "head_diff.csv")
     run.show(hd.nlargest(top_layers, "qk_sv_change").round(4))
 run.finish()
+
+# %% [markdown]
+# ## Explore
+#
+# In JupyterLab: pick a matrix to see the spectra of A, B and ΔW and the principal angles between their
+# subspaces, redrawn from the results above. `explore.open("output/07_model_diff/<run>")` opens any run.
+
+# %%
+explore.here(run)

@@ -72,57 +72,73 @@ def build_tiny_checkpoint(family: str, folder: Path, seed: int = 0, **overrides)
     torch.manual_seed(seed)
     if family == "llama":
         cfg = tf.LlamaConfig(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=TINY_VOCAB,
-            max_position_embeddings=512,
-            bos_token_id=0,
-            eos_token_id=2,
-            pad_token_id=3,
-            **overrides,
+            **{
+                **dict(
+                    hidden_size=64,
+                    intermediate_size=96,
+                    num_hidden_layers=3,
+                    num_attention_heads=4,
+                    num_key_value_heads=2,
+                    vocab_size=TINY_VOCAB,
+                    max_position_embeddings=512,
+                    bos_token_id=0,
+                    eos_token_id=2,
+                    pad_token_id=3,
+                ),
+                **overrides,
+            }
         )
         model = tf.LlamaForCausalLM(cfg)
     elif family == "qwen2":
         cfg = tf.Qwen2Config(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            vocab_size=TINY_VOCAB,
-            max_position_embeddings=512,
-            bos_token_id=0,
-            eos_token_id=2,
-            pad_token_id=3,
-            **overrides,
+            **{
+                **dict(
+                    hidden_size=64,
+                    intermediate_size=96,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    num_key_value_heads=1,
+                    vocab_size=TINY_VOCAB,
+                    max_position_embeddings=512,
+                    bos_token_id=0,
+                    eos_token_id=2,
+                    pad_token_id=3,
+                ),
+                **overrides,
+            }
         )
         model = tf.Qwen2ForCausalLM(cfg)
     elif family == "gpt2":
         cfg = tf.GPT2Config(
-            n_embd=64,
-            n_layer=3,
-            n_head=4,
-            vocab_size=TINY_VOCAB,
-            n_positions=512,
-            bos_token_id=0,
-            eos_token_id=2,
-            pad_token_id=3,
-            **overrides,
+            **{
+                **dict(
+                    n_embd=64,
+                    n_layer=3,
+                    n_head=4,
+                    vocab_size=TINY_VOCAB,
+                    n_positions=512,
+                    bos_token_id=0,
+                    eos_token_id=2,
+                    pad_token_id=3,
+                ),
+                **overrides,
+            }
         )
         model = tf.GPT2LMHeadModel(cfg)
     elif family == "bert":
         cfg = tf.BertConfig(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            vocab_size=TINY_VOCAB,
-            max_position_embeddings=512,
-            pad_token_id=3,
-            **overrides,
+            **{
+                **dict(
+                    hidden_size=64,
+                    intermediate_size=96,
+                    num_hidden_layers=3,
+                    num_attention_heads=4,
+                    vocab_size=TINY_VOCAB,
+                    max_position_embeddings=512,
+                    pad_token_id=3,
+                ),
+                **overrides,
+            }
         )
         model = tf.BertModel(cfg)
     else:

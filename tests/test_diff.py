@@ -76,9 +76,12 @@ def test_mismatched_architectures_are_refused_naming_the_first_difference(tiny_l
     a = open_weights(tiny_llama_dir)
     with pytest.raises(ArchitectureMismatch, match="family 'llama' in A .* and 'gpt2' in B"):
         diff_sweep(a, open_weights(tiny_gpt2_dir), progress=False)
-    qwen = build_tiny_checkpoint("qwen2", tmp_path / "qwen")  # family llama too, 2 layers and 1 KV head
-    with pytest.raises(ArchitectureMismatch, match=r"layers \(L\) is 3 in A .* and 2 in B"):
+    qwen = build_tiny_checkpoint("qwen2", tmp_path / "qwen")  # another family with the same tensor names
+    with pytest.raises(ArchitectureMismatch, match="family 'llama' in A .* and 'qwen2' in B"):
         diff_sweep(a, open_weights(qwen), progress=False)
+    short = build_tiny_checkpoint("llama", tmp_path / "short", num_hidden_layers=2)
+    with pytest.raises(ArchitectureMismatch, match=r"layers \(L\) is 3 in A .* and 2 in B"):
+        diff_sweep(a, open_weights(short), progress=False)
     narrow = build_tiny_checkpoint("llama", tmp_path / "narrow", head_dim=8)
     with pytest.raises(ArchitectureMismatch, match=r"head width \(d_head\) is 16 in A .* and 8 in B"):
         head_diff(a, open_weights(narrow), progress=False)
@@ -131,6 +134,9 @@ def test_weight_diff_spectra_and_angles_against_numpy_svd(shape):
     assert d["eff_rank_a"] == pytest.approx(float(effective_rank(Sa)), rel=1e-10)
     assert d["eff_rank_b"] == pytest.approx(float(effective_rank(Sb)), rel=1e-10)
     np.testing.assert_allclose(d["sv_diff"], np.linalg.svd(Wb - Wa, compute_uv=False)[:32], rtol=1e-9)
+    np.testing.assert_allclose(d["sv_a"], Sa[:32], rtol=1e-10)
+    np.testing.assert_allclose(d["sv_b"], Sb[:32], rtol=1e-10)
+    np.testing.assert_allclose(np.sort(d["angles"]), np.sort(np.degrees(np.arccos(cos))), rtol=1e-7, atol=1e-6)
     S, V = gram_svd(torch.from_numpy(Wa), k)
     np.testing.assert_allclose(S, Sa, rtol=1e-10)
     np.testing.assert_allclose(np.abs(V.numpy().T @ Qa), np.eye(k), atol=1e-8)  # same vectors up to sign

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from utils.weights import ModelDims, ModelNotFound, get_model_dims, load_model, open_weights, resolve_model
-from utils.weights.arch import UnsupportedArchitecture
+from utils.weights import (
+    ModelDims,
+    ModelNotFound,
+    UnsupportedArchitecture,
+    get_model_dims,
+    load_model,
+    open_weights,
+    resolve_model,
+)
 from utils.weights.gguf import GGUFFile, GGUFFormatError
 
 
@@ -85,7 +92,7 @@ def write_tiny_gguf(path, qtype_name="F32", arch="llama", L=2, d=64, d_ff=96, h=
 def test_gguf_rotary_permutation_undone(tmp_path, arch):
     path, hf = write_tiny_gguf(tmp_path / "m.gguf", "F32", arch=arch)
     src = open_weights(path)
-    assert src.family == "llama"
+    assert src.family == arch
     assert src.dims == ModelDims(L=2, d=64, d_ff=96, h=4, n_kv=2, d_head=16, V=40)
     for i in range(2):
         for role in ("q", "k", "v", "o", "gate", "up", "down"):
@@ -193,8 +200,8 @@ def test_files_that_shrink_after_open_name_the_file(tmp_path):
 
 
 def test_gguf_unsupported_architecture(tmp_path):
-    path, _ = write_tiny_gguf(tmp_path / "m.gguf", arch="falcon")
-    with pytest.raises(UnsupportedArchitecture, match="Supported families"):
+    path, _ = write_tiny_gguf(tmp_path / "m.gguf", arch="mamba")
+    with pytest.raises(UnsupportedArchitecture, match="unsupported GGUF architecture 'mamba'.*GGUF files are read for"):
         open_weights(path)
 
 
@@ -279,7 +286,10 @@ def test_missing_path_and_bad_folders(tmp_path):
     with pytest.raises(ModelNotFound, match="no config.json"):
         open_weights(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5", "num_layers": 2}))
-    with pytest.raises(UnsupportedArchitecture, match=r"unsupported architecture 't5'.*Supported families"):
+    with pytest.raises(
+        UnsupportedArchitecture,
+        match=r"unsupported architecture 't5'.*Supported model types: .*utils/weights/families.py",
+    ):
         open_weights(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):

@@ -174,7 +174,7 @@ def test_rules_declared_beside_the_parameters():
 
 def test_every_notebook_declares_its_rules_once_in_the_parameters_cell():
     """No notebook states rules in its start_run call any more, and the declared choices are the library's."""
-    from utils import rescale, weight_ranks
+    from utils import attention, rescale, weight_ranks
 
     for nb in NOTEBOOKS:
         call = re.search(r"^run = start_run\((.*?)\)$", nb.read_text(), re.M | re.S)
@@ -184,6 +184,8 @@ def test_every_notebook_declares_its_rules_once_in_the_parameters_cell():
     rules = {nb.stem: {p.name: p.rule for p in notebook_parameters(nb)} for nb in NOTEBOOKS}
     assert rules["01_weight_ranks"]["precision"].choices == tuple(weight_ranks.PRECISIONS)
     assert rules["03_sa_rescale"]["anchor"].choices == tuple(rescale.ANCHORS)
+    for nb in ("02_attention_kernels", "03_sa_rescale", "07_model_diff"):
+        assert rules[nb]["kernel"].choices == tuple(attention.KERNELS), nb
     assert rules["01_weight_ranks"]["layer_idx"].index == ("layer", "model")
     assert rules["02_attention_kernels"]["head_idx"].index == ("head", "model")
 

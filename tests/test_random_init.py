@@ -113,3 +113,55 @@ def test_a_70b_architecture_needs_the_memory_of_one_matrix(tmp_path):
     assert len(refs) == 80 * 7 + 2 and sum(math.prod(m.shape) for m in refs) > 68e9
     W = src.layer_weight(79, "k")  # 1024 x 8192: 32 MB, generated on demand
     assert W.shape == (1024, 8192) and W.std().item() == pytest.approx(0.02, rel=0.01)
+
+
+# ---------------------------------------------------------------------------------------------- every family
+FAMILY_CASES = [c for c in __import__("family_cases").CASES if not c.endswith("-fused")]
+
+
+@pytest.mark.parametrize("case", FAMILY_CASES)
+def test_every_family_has_a_random_twin_with_its_initialiser(case, tmp_path):
+    """``random:`` of every family: the same matrices as transformers' own model of that configuration
+    (names, shapes, experts), each drawn like transformers draws it, and load_model holding exactly them."""
+    from family_cases import CASES, build_case, save_config_only
+
+    ref = open_weights(build_case(case, tmp_path / "trained"))  # transformers' own init, saved
+    cfg_dir = save_config_only(tmp_path / "config-only", case)
+    src = open_weights(f"random:{cfg_dir}@3")
+    key = lambda m: (m.layer, m.weight_type, m.expert, m.shape)  # noqa: E731
+    assert [key(m) for m in src.matrices()] == [key(m) for m in ref.matrices()]
+    r = CASES[case][1].get("initializer_range", 0.02)
+    by_type: dict[str, list] = {}
+    for m in src.matrices():
+        by_type.setdefault(m.weight_type, []).append(m)
+    for wt, refs in by_type.items():
+        ours = _pooled_std([src.load(m) for m in refs])
+        theirs = _pooled_std([ref.load(m) for m in ref.matrices() if m.weight_type == wt])
+        scaled = src.fam.init_scaled and any(m.role in src.fam.init_scaled for m in refs)
+        expected = r / math.sqrt(2 * src.dims.L) if scaled else r
+        if wt == "W_embed" and src.padding_row is not None:  # one zero row among V
+            expected *= math.sqrt(1 - 1 / src.dims.V)
+        assert ours == pytest.approx(expected, rel=0.1), wt
+        assert theirs == pytest.approx(ours, rel=0.15), wt  # transformers' own init agrees with the rule
+    embed_ref = next(m for m in ref.matrices() if m.weight_type == "W_embed")
+    hf_pad = ref.load(embed_ref).abs().sum(1) == 0
+    ours_pad = src.load(next(m for m in src.matrices() if m.weight_type == "W_embed")).abs().sum(1) == 0
+    assert torch.equal(hf_pad, ours_pad)  # the padding row where transformers zeroes it, and only there
+
+
+@pytest.mark.parametrize("case", ["mixtral", "qwen2_moe", "deepseek_v3", "phi3", "gpt_neox", "falcon-gqa", "gemma2"])
+def test_random_model_of_every_family_holds_the_streamed_matrices(case, tmp_path):
+    """The runnable random model (what load_model builds for random:) holds exactly the streamed matrices,
+    read back through transformers' own saving (per-expert names on disk, 3-D experts in memory)."""
+    from family_cases import save_config_only
+
+    from utils.weights.random_init import random_model
+    from utils.weights.specs import parse_random_spec
+
+    spec = f"random:{save_config_only(tmp_path / 'cfg', case)}@5"
+    src = open_weights(spec)
+    random_model(parse_random_spec(spec)).save_pretrained(tmp_path / "saved")
+    back = open_weights(tmp_path / "saved")
+    for a, b in zip(src.matrices(), back.matrices(), strict=True):
+        assert (a.layer, a.weight_type, a.expert) == (b.layer, b.weight_type, b.expert)
+        assert torch.equal(src.load(a), back.load(b)), (a, b)

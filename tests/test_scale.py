@@ -22,7 +22,7 @@ from utils.spectral import gram_svdvals
 from utils.spectral.core import gram
 from utils.weight_ranks import weight_sweep
 from utils.weights import open_weights
-from utils.weights.fixtures import FIXTURES, fixture_dir, random_blocks, tensor_layout
+from utils.weights.fixtures import DEFAULT_FIXTURES, FIXTURES, fixture_dir, random_blocks, tensor_layout
 from utils.weights.shards import write_checkpoint
 
 TINY_QWEN = {
@@ -47,7 +47,7 @@ def tiny_sharded(tmp_path_factory):
     return write_checkpoint(folder, layout, random_blocks(3), config=TINY_QWEN, max_shard_bytes=40_000)
 
 
-@pytest.mark.parametrize("name", list(FIXTURES))
+@pytest.mark.parametrize("name", DEFAULT_FIXTURES)
 def test_fixture_layout_is_the_models(name):
     """Names and shapes against transformers' own model built from the same config (on the meta device)."""
     import transformers
@@ -72,7 +72,7 @@ def test_fixture_folder_is_an_ordinary_checkpoint(tiny_sharded):
     shards = sorted(tiny_sharded.glob("model-*-of-*.safetensors"))
     assert len(shards) >= 3 and (tiny_sharded / "model.safetensors.index.json").is_file()
     src = open_weights(tiny_sharded)
-    assert src.family == "llama" and src.dims.L == 3 and len(src.matrices()) == 3 * 7 + 1  # tied head
+    assert src.family == "qwen2" and src.dims.L == 3 and len(src.matrices()) == 3 * 7 + 1  # tied head
     ref = {}
     for f in tiny_sharded.glob("*.safetensors"):
         ref.update(load_file(f))
@@ -217,3 +217,37 @@ def test_progress_shows_matrices_done_current_tensor_and_eta(tiny_sharded, tmp_p
     assert out[0].startswith("  0%|") and out[0].endswith("| 00:00<? | 0/21 matrices, now -")
     assert out[1].startswith("100%|") and out[1].endswith("<00:00 | 21/21 matrices, now -")
     assert "21/22 matrices, now -" in out[2] and "22/22 matrices" in out[-1]
+
+
+def test_the_sweep_cache_never_mixes_up_two_models_of_one_name(tmp_path):
+    """Issue 21, item 1: two config-only folders A/tinyl and B/tinyl with the same shapes, initializer_range
+    0.02 and 0.2; random: of each through the same cache folder. The cache key covers the whole configuration,
+    the seed and the resolved path, so the second is computed afresh, with its own (10x) spectral norms."""
+    import json
+
+    from utils.weight_ranks import weight_sweep
+
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 64,
+    }
+    for sub, r in (("A", 0.02), ("B", 0.2)):
+        (tmp_path / sub / "tinyl").mkdir(parents=True)
+        (tmp_path / sub / "tinyl" / "config.json").write_text(json.dumps({**cfg, "initializer_range": r}))
+    cache = tmp_path / "cache"
+    a = weight_sweep(open_weights(f"random:{tmp_path / 'A' / 'tinyl'}"), cache=cache, progress=False)
+    b = weight_sweep(open_weights(f"random:{tmp_path / 'B' / 'tinyl'}"), cache=cache, progress=False)
+    assert a.attrs["computed"] == len(a) and b.attrs["computed"] == len(b) and b.attrs["reused"] == 0
+    ratio = b.spectral_norm.to_numpy() / a.spectral_norm.to_numpy()
+    assert ratio.min() > 5  # B's own weights, not A's read back
+    again = weight_sweep(open_weights(f"random:{tmp_path / 'B' / 'tinyl'}"), cache=cache, progress=False)
+    assert again.attrs["reused"] == len(b) and np.array_equal(again.spectral_norm, b.spectral_norm)
+    # the same folder with its configuration changed in place is another model too
+    (tmp_path / "A" / "tinyl" / "config.json").write_text(json.dumps({**cfg, "initializer_range": 0.5}))
+    c = weight_sweep(open_weights(f"random:{tmp_path / 'A' / 'tinyl'}"), cache=cache, progress=False)
+    assert c.attrs["computed"] == len(c)

@@ -103,3 +103,38 @@ def test_energy_counts_exact_level_and_numpy_oracle():
 
 def test_stable_rank_zero_matrix():
     assert stable_rank(np.zeros(3)) == 0.0
+
+
+def test_the_gpu_code_paths_run_on_the_cpu(tiny_llama_dir):
+    """Issue 21: every GPU branch reachable without a GPU: inside utils.device.device_path() the CPU takes
+    the batched float32 SVD of the weight sweep, the torch Gram on the device and the one-batch factored
+    kernels, and each agrees with the CPU path (float32: to its precision)."""
+    import torch
+
+    from utils.device import device_path
+    from utils.spectral import FactoredKernels, svdvals
+    from utils.spectral.core import gram
+    from utils.weight_ranks import weight_sweep
+    from utils.weights import open_weights
+
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((300, 120))
+    ref = np.linalg.svd(W, compute_uv=False)
+    host = gram(W)
+    with device_path():
+        G = gram(W, device="cpu")
+        assert isinstance(G, torch.Tensor) and not isinstance(host, torch.Tensor)  # the device branch ran
+        np.testing.assert_allclose(G.numpy(), host, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(svdvals(W, device="cpu"), ref, rtol=1e-5)  # float32 SVD, as on a GPU
+        X, Y = rng.standard_normal((6, 40, 8)), rng.standard_normal((3, 8, 40))
+        dev_sp = FactoredKernels(X, Y, [0, 0, 1, 1, 2, 2]).spectra()
+        src = open_weights(tiny_llama_dir)
+        gpu_like = weight_sweep(src, device="cpu", progress=False)  # batched float32 SVD by default
+    cpu_sp = FactoredKernels(X, Y, [0, 0, 1, 1, 2, 2]).spectra()
+    np.testing.assert_allclose(dev_sp.sv, cpu_sp.sv, rtol=1e-12)
+    np.testing.assert_allclose(np.sort_complex(dev_sp.eig), np.sort_complex(cpu_sp.eig), rtol=1e-9)
+    exact = weight_sweep(src, device="cpu", progress=False)
+    assert gpu_like.attrs["computed"] == len(exact)
+    assert gpu_like.attrs["method"] == "batched svd (float32)" and exact.attrs["method"] == "gram (float64)"
+    np.testing.assert_allclose(gpu_like.eff_rank, exact.eff_rank, rtol=1e-4)
+    np.testing.assert_allclose(gpu_like.spectral_norm, exact.spectral_norm, rtol=1e-5)

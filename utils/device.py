@@ -1,22 +1,63 @@
-"""Where computation runs: one rule for the ``device`` parameter everywhere.
+"""Where computation runs: one rule for the ``device`` parameter everywhere, and the only module that
+asks ``torch.cuda`` anything.
 
 ``"auto"`` (or empty) is the GPU when one is visible, else the CPU; ``"cpu"``; ``"cuda"`` or
 ``"cuda:N"`` for a visible GPU. Anything else, or a GPU asked for on a machine without one, is a
 ``ValueError`` that names the fix.
+
+**The accelerator's code path.** Code that computes differently on a GPU (batched float32 SVD in the
+weight sweep, the Gram accumulated in torch on the device, the factored kernels in one batch without
+CPU worker threads) asks :func:`uses_device_path` instead of testing the device type, and
+:func:`device_path` forces that path on the CPU, so the test suite runs every GPU branch on a machine
+without one (the same code, not a copy).
 """
 
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
 DEVICE_CHOICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
+_FORCED = False  # device_path(): the accelerator's code path on the CPU (a process-wide switch, threads see it)
+
+
+def cuda_available() -> bool:
+    return bool(torch.cuda.is_available())
+
+
+def gpu_count() -> int:
+    return int(torch.cuda.device_count()) if cuda_available() else 0
+
+
+def gpu_name(index: int = 0) -> str:
+    return torch.cuda.get_device_name(index) if cuda_available() else ""
+
+
 def default_device() -> torch.device:
     """The GPU when one is visible, else the CPU."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device("cuda") if cuda_available() else torch.device("cpu")
+
+
+def uses_device_path(device) -> bool:
+    """Whether computation on ``device`` takes the accelerator's code path (module docstring): on a GPU,
+    and on the CPU inside :func:`device_path`."""
+    return torch.device(device).type != "cpu" or _FORCED
+
+
+@contextmanager
+def device_path(on: bool = True) -> Iterator[None]:
+    """Within this block the CPU takes the accelerator's code path (tests of the GPU branches)."""
+    global _FORCED
+    old, _FORCED = _FORCED, bool(on)
+    try:
+        yield
+    finally:
+        _FORCED = old
 
 
 def resolve_device(spec: str | torch.device | None = "auto", name: str = "device") -> torch.device:
@@ -31,11 +72,8 @@ def resolve_device(spec: str | torch.device | None = "auto", name: str = "device
     m = re.fullmatch(r"cuda(?::(\d+))?", s)
     if not m:
         raise ValueError(f"{name}={spec!r} is not a device: use {DEVICE_CHOICES}")
-    if not torch.cuda.is_available():
+    if not cuda_available():
         raise ValueError(f"{name}={spec!r} but no CUDA GPU is visible on this machine: use {name}='cpu' or 'auto'")
-    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
-        raise ValueError(
-            f"{name}={spec!r}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0 .. "
-            f"cuda:{torch.cuda.device_count() - 1})"
-        )
+    if m.group(1) is not None and int(m.group(1)) >= gpu_count():
+        raise ValueError(f"{name}={spec!r}: only {gpu_count()} GPU(s) visible (cuda:0 .. cuda:{gpu_count() - 1})")
     return torch.device(s)

@@ -1,5 +1,7 @@
 """Notebook 02: exact per-head QK / OV spectra (and the head analysis of notebook 03).
 
+* :mod:`.forms`: the two kernel conventions (``raw``, ``folded``) and each family's attention form
+  (:func:`attention_form`: scale, norms, soft-cap; :func:`folded_shifts`, :func:`token_factors`).
 * :mod:`.heads`: :func:`layer_kernels` (one layer, a :class:`~utils.spectral.FactoredKernels`),
   :func:`sweep_attention` (every layer, streamed), per-head summaries.
 * :mod:`.reference`: the dense d x d reference computation and the dense-vs-exact comparison.
@@ -18,10 +20,12 @@ from .circuits import (
     top_pairs,
     with_null,
 )
+from .forms import KERNELS, AttentionForm, attention_form, folded_shifts, token_factors
 from .heads import (
     CIRCUITS,
     TITLES,
     AttentionSweep,
+    circuits_of,
     head_details,
     head_eigen_report,
     head_table,
@@ -37,6 +41,12 @@ from .heads import (
 from .reference import dense_kernel_spectra, dense_vs_exact, match_eigenvalues
 
 __all__ = [
+    "KERNELS",
+    "AttentionForm",
+    "attention_form",
+    "circuits_of",
+    "folded_shifts",
+    "token_factors",
     "COMPOSITIONS",
     "CompositionScores",
     "composition_scores",

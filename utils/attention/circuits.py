@@ -147,12 +147,15 @@ def composition_scores(
     progress: bool = True,
     rows: int = 64,
     dtype: torch.dtype = torch.float64,
+    kernel: str = "raw",
 ) -> CompositionScores:
     """Q-, K-, V-composition scores of every pair of heads in different layers of ``src`` (module docstring).
 
     ``src``: a WeightSource (or anything with ``.dims`` and ``.layer_weight``); ``layers`` defaults to all.
     Memory: four (d, d_head) factors per head. ``route``: ``"auto"``, ``"factor"`` or ``"gram"``;
-    ``dtype``: precision of the big products (float64 exact to ~1e-15; float32 ~1e-6, twice as fast).
+    ``dtype``: precision of the big products (float64 exact to ~1e-15; float32 ~1e-6, twice as fast);
+    ``kernel``: ``raw`` or ``folded`` (:mod:`utils.attention.forms`; multi-head latent attention: the
+    content QK kernel, its decoupled rotary part left out).
     """
     D = src.dims
     layers = (
@@ -162,7 +165,7 @@ def composition_scores(
     )
     fams: dict[str, list] = {k: [] for k in ("ov_rows", "qk_rows", "qk_cols", "ov_cols")}
     for li in progress_bar(layers, desc="head factors", unit="layer", disable=not progress):
-        f = gram_factors(layer_kernels(src, li, "qk", device), layer_kernels(src, li, "ov", device))
+        f = gram_factors(layer_kernels(src, li, "qk", device, kernel), layer_kernels(src, li, "ov", device, kernel))
         for k in fams:
             fams[k].append(f[k])
     Z = {k: torch.cat(v) for k, v in fams.items()}
@@ -222,13 +225,13 @@ def directionality(K: FactoredKernels, num_std: float = 2.0) -> np.ndarray:
     return torch.where(den > 0, (ec - er) / torch.where(den > 0, den, 1), 0).cpu().numpy()
 
 
-def layer_qk(src, layer: int, device=None) -> FactoredKernels:
+def layer_qk(src, layer: int, device=None, kernel: str = "raw") -> FactoredKernels:
     """The whole layer's QK matrix ``sum_i A_i = W_q^T W_k'`` (``W_k'``: each KV head repeated for its
     query heads) as one factored kernel, the unit the attention-geometry code scores."""
-    return layer_kernels(src, layer, "qk", device).summed()
+    return layer_kernels(src, layer, "qk", device, kernel).summed()
 
 
-def directionality_table(src, layers=None, device=None, progress: bool = True) -> pd.DataFrame:
+def directionality_table(src, layers=None, device=None, progress: bool = True, kernel: str = "raw") -> pd.DataFrame:
     """Per head and per layer directionality of the QK kernels: ``layer, head`` (-1 for the whole layer), ``score``.
 
     Each layer's W_q and W_k are read once: the whole-layer kernel is the sum of the head kernels."""
@@ -236,7 +239,7 @@ def directionality_table(src, layers=None, device=None, progress: bool = True) -
     layers = range(D.L) if layers is None else layers
     rows = []
     for li in progress_bar(list(layers), desc="directionality", unit="layer", disable=not progress):
-        K = layer_kernels(src, li, "qk", device)
+        K = layer_kernels(src, li, "qk", device, kernel)
         for hd, s in enumerate(directionality(K)):
             rows.append({"layer": li, "head": hd, "directionality": float(s)})
         rows.append({"layer": li, "head": -1, "directionality": float(directionality(K.summed())[0])})

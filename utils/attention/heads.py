@@ -29,20 +29,15 @@ from ..markdown import md_table
 from ..progress import progress_bar
 from ..spectral import ENERGY_LEVELS, FactoredKernels, KernelSpectra, complex_mask, effective_rank, energy_count
 from ..spectral.factored import as_f64
+from .forms import check_kernel, kv_head_index, ov_factors, qk_factors
 
 PERCENTILES = (0, 5, 10, 25, 50, 75, 90, 95, 100)
 CIRCUITS = ("qk", "ov")
-TITLES = {"qk": "QK kernel W_Q,iᵀ W_K,g", "ov": "OV circuit W_O,i W_V,g"}
-
-
-def kv_head_index(n_heads: int, n_kv: int) -> np.ndarray:
-    """KV head read by each query head: ``i // (n_heads // n_kv)``, shape ``(n_heads,)``."""
-    if n_heads <= 0 or n_kv <= 0 or n_heads % n_kv:
-        raise ValueError(
-            f"n_heads={n_heads} must be a positive multiple of n_kv={n_kv} "
-            "(grouped-query attention shares each KV head among n_heads // n_kv query heads)"
-        )
-    return np.arange(n_heads) // (n_heads // n_kv)
+TITLES = {
+    "qk": "QK kernel W_Q,iᵀ W_K,g",
+    "ov": "OV circuit W_O,i W_V,g",
+    "qk_rope": "decoupled rotary QK kernel (MLA)",
+}
 
 
 def _check_shape(W, shape: tuple[int, int], role: str) -> None:
@@ -54,7 +49,7 @@ def _check_shape(W, shape: tuple[int, int], role: str) -> None:
 
 
 def qk_kernels(W_q, W_k, n_heads: int, n_kv: int, d_head: int, device=None) -> FactoredKernels:
-    """The h QK kernels of one layer: ``X[i] = W_Q_i^T`` (d, r), ``Y[g] = W_K_g`` (r, d)."""
+    """The h QK kernels of one layer from its raw matrices: ``X[i] = W_Q_i^T`` (d, r), ``Y[g] = W_K_g`` (r, d)."""
     W_q, W_k = as_f64(W_q, device), as_f64(W_k, device)
     d = W_q.shape[-1]
     _check_shape(W_q, (n_heads * d_head, d), "Q")
@@ -64,7 +59,7 @@ def qk_kernels(W_q, W_k, n_heads: int, n_kv: int, d_head: int, device=None) -> F
 
 
 def ov_kernels(W_v, W_o, n_heads: int, n_kv: int, d_head: int, device=None) -> FactoredKernels:
-    """The h OV circuits of one layer: ``X[i] = W_O_i`` (d, r), ``Y[g] = W_V_g`` (r, d)."""
+    """The h OV circuits of one layer from its raw matrices: ``X[i] = W_O_i`` (d, r), ``Y[g] = W_V_g`` (r, d)."""
     W_v, W_o = as_f64(W_v, device), as_f64(W_o, device)
     d = W_v.shape[-1]
     _check_shape(W_v, (n_kv * d_head, d), "V")
@@ -73,17 +68,46 @@ def ov_kernels(W_v, W_o, n_heads: int, n_kv: int, d_head: int, device=None) -> F
     return FactoredKernels(X, W_v.reshape(n_kv, d_head, d), kv_head_index(n_heads, n_kv))
 
 
-def layer_kernels(src, layer: int, circuit: str = "qk", device=None) -> FactoredKernels:
-    """Every head's QK kernel (``circuit="qk"``) or OV circuit (``"ov"``) of one layer of a WeightSource."""
-    D = src.dims
+def circuits_of(src) -> tuple[str, ...]:
+    """The kernels a model's heads have: ``qk``, ``ov`` and, for multi-head latent attention, ``qk_rope``."""
+    fam = getattr(src, "fam", None)
+    return ("qk", "ov", "qk_rope") if fam is not None and fam.attention.mla else CIRCUITS
+
+
+def layer_kernels(src, layer: int, circuit: str = "qk", device=None, kernel: str = "raw") -> FactoredKernels:
+    """Every head's QK kernel (``circuit="qk"``), OV circuit (``"ov"``) or, for multi-head latent attention,
+    decoupled rotary kernel (``"qk_rope"``) of one layer of a WeightSource, in the ``kernel`` convention
+    (``raw`` or ``folded``, :mod:`utils.attention.forms`)."""
     dev = None if device is None else resolve_device(device)
-    if circuit == "qk":
-        Wa, Wb, fn = src.layer_weight(layer, "q", dtype=None), src.layer_weight(layer, "k", dtype=None), qk_kernels
-    elif circuit == "ov":
-        Wa, Wb, fn = src.layer_weight(layer, "v", dtype=None), src.layer_weight(layer, "o", dtype=None), ov_kernels
+    if circuit not in ("qk", "ov", "qk_rope"):
+        raise ValueError(f"unknown circuit {circuit!r}: use 'qk', 'ov' or (multi-head latent attention) 'qk_rope'")
+    if not hasattr(src, "fam"):  # a bare stand-in with q / k / v / o matrices and dims (raw kernels only)
+        check_kernel(kernel)
+        if kernel != "raw" or circuit == "qk_rope":
+            raise ValueError(f"{circuit} / {kernel} kernels need a WeightSource (utils.weights.open_weights)")
+        D = src.dims
+        if circuit == "qk":
+            return qk_kernels(
+                src.layer_weight(layer, "q", dtype=None),
+                src.layer_weight(layer, "k", dtype=None),
+                D.h,
+                D.n_kv,
+                D.d_head,
+                dev,
+            )
+        return ov_kernels(
+            src.layer_weight(layer, "v", dtype=None),
+            src.layer_weight(layer, "o", dtype=None),
+            D.h,
+            D.n_kv,
+            D.d_head,
+            dev,
+        )
+    if circuit == "ov":
+        X, Y, idx = ov_factors(src, layer, kernel, dev)
     else:
-        raise ValueError(f"unknown circuit {circuit!r}: use 'qk' and/or 'ov'")
-    return fn(Wa, Wb, D.h, D.n_kv, D.d_head, dev)
+        X, Y, idx = qk_factors(src, layer, kernel, "content" if circuit == "qk" else "rope", dev)
+    return FactoredKernels(X, Y, idx)
 
 
 @dataclass
@@ -100,6 +124,7 @@ class AttentionSweep:
     n_kv: int
     d_head: int
     layers: list = field(default_factory=list)
+    kernel: str = "raw"
     sv: dict[str, np.ndarray] = field(default_factory=dict)  # circuit -> (L, h, r) float64
     eig: dict[str, np.ndarray] = field(default_factory=dict)  # circuit -> (L, h, r) complex128
     fro2: dict[str, np.ndarray] = field(default_factory=dict)  # circuit -> (L, h)
@@ -137,14 +162,17 @@ def sweep_attention(
     eigenvalues: bool = True,
     device=None,
     progress: bool = True,
+    kernel: str = "raw",
 ) -> AttentionSweep:
     """Exact QK / OV spectra of every head of every layer, streaming one layer's weights at a time.
 
     src: a WeightSource (``utils.weights.open_weights``) or anything with ``.dims`` (L, d, h, n_kv,
     d_head) and ``.layer_weight(layer, role, dtype)``. ``layers`` defaults to all (negative indices
     count from the end); the arrays are indexed by position in ``layers``. ``eigenvalues=False``
-    computes singular values only.
+    computes singular values only. ``kernel``: ``raw`` or ``folded`` (:mod:`utils.attention.forms`).
+    Each circuit's arrays have its own rank r (MLA: the content, rotary and value widths differ).
     """
+    check_kernel(kernel)
     D = src.dims
     L, h, r = D.L, D.h, D.d_head
     circuits = tuple(circuits)
@@ -157,14 +185,15 @@ def sweep_attention(
         )
     layers = [i % L for i in layers]
     n = len(layers)
-    sw = AttentionSweep(L=n, d=D.d, h=h, n_kv=D.n_kv, d_head=r, layers=layers)
-    for c in circuits:
-        sw.sv[c], sw.fro2[c] = np.zeros((n, h, r)), np.zeros((n, h))
-        if eigenvalues:
-            sw.eig[c], sw.tr_sq[c] = np.zeros((n, h, r), complex), np.zeros((n, h))
+    sw = AttentionSweep(L=n, d=D.d, h=h, n_kv=D.n_kv, d_head=r, layers=layers, kernel=kernel)
     for j, li in enumerate(progress_bar(layers, desc="attention spectra", unit="layer", disable=not progress)):
         for c in circuits:
-            ks = layer_kernels(src, li, c, device).spectra(eigenvalues)
+            ks = layer_kernels(src, li, c, device, kernel).spectra(eigenvalues)
+            if c not in sw.sv:
+                rc = ks.sv.shape[-1]
+                sw.sv[c], sw.fro2[c] = np.zeros((n, h, rc)), np.zeros((n, h))
+                if eigenvalues:
+                    sw.eig[c], sw.tr_sq[c] = np.zeros((n, h, rc), complex), np.zeros((n, h))
             sw.sv[c][j], sw.fro2[c][j] = ks.sv, ks.fro2
             if eigenvalues:
                 sw.eig[c][j], sw.tr_sq[c][j] = ks.eig, ks.tr_sq

@@ -7,11 +7,13 @@
 * :mod:`.heads`: per-head change of the QK / OV spectra and symmetry.
 """
 
+from ..weights import IncompleteCheckpoint
 from .heads import head_diff
-from .match import ArchitectureMismatch, IncompleteCheckpoint, match_models, missing_matrices
-from .weights import changed_layers, diff_sweep, principal_angles, weight_diff
+from .match import ArchitectureMismatch, match_models, missing_matrices
+from .weights import ARRAY_COLUMNS, changed_layers, diff_sweep, principal_angles, weight_diff
 
 __all__ = [
+    "ARRAY_COLUMNS",
     "ArchitectureMismatch",
     "IncompleteCheckpoint",
     "changed_layers",

@@ -9,12 +9,13 @@ from ..attention import sweep_attention
 from .match import match_models
 
 
-def head_diff(a, b, circuits=("qk", "ov"), progress: bool = True) -> pd.DataFrame:
+def head_diff(a, b, circuits=("qk", "ov"), progress: bool = True, kernel: str = "raw") -> pd.DataFrame:
     """One row per (layer, head): for each circuit ``<c>_sv_change`` = ||s_b - s_a|| / ||s_a|| of the
-    singular values, ``<c>_eff_rank_a/_b`` and ``<c>_symmetry_a/_b`` with their difference ``<c>_dsymmetry``."""
+    singular values, ``<c>_eff_rank_a/_b`` and ``<c>_symmetry_a/_b`` with their difference ``<c>_dsymmetry``;
+    the kernels in the ``kernel`` convention (:mod:`utils.attention.forms`)."""
     match_models(a, b)
-    sa = sweep_attention(a, circuits=circuits, progress=progress)
-    sb = sweep_attention(b, circuits=circuits, progress=progress)
+    sa = sweep_attention(a, circuits=circuits, progress=progress, kernel=kernel)
+    sb = sweep_attention(b, circuits=circuits, progress=progress, kernel=kernel)
     fa, fb = sa.to_frame(), sb.to_frame()
     out = fa[["layer", "head", "kv_head"]].copy()
     for c in circuits:

@@ -6,10 +6,11 @@ For each matched pair ``W_a``, ``W_b`` (float64), ``dW = W_b - W_a``:
 * ``rel_change = ||dW||_F / ||W_a||_F``; ``spectral_change = ||dW||_2 / ||W_a||_2``;
 * the spectrum of ``dW`` (its top singular values are kept), its effective rank (Roy-Vetterli), stable
   rank and numerical ``rank`` (singular values above ``rank_rtol * sigma_max(dW)``; 0 for no change);
-* principal angles between the top-``k`` singular subspaces of ``W_a`` and ``W_b`` (of the short side,
-  from the eigenvectors of its Gram): ``angle_max`` (degrees) and ``overlap`` = mean cos^2 (1: same
-  subspace) beside ``overlap_null`` = k / n, its expectation for unrelated random subspaces. Identical
-  matrices give exactly 0 and 1.
+* principal angles between the top-``k`` singular subspaces of ``W_a`` and ``W_b`` on the short side (from
+  the eigenvectors of its Gram): the input-side (right) singular vectors of a square or tall matrix
+  (out >= in), the output-side (left) ones of a wide matrix: ``angle_max`` (degrees) and ``overlap`` =
+  mean cos^2 (1: same subspace) beside ``overlap_null`` = k / n, its expectation for unrelated random
+  subspaces. Identical matrices give exactly 0 and 1.
 
 :func:`changed_layers` ranks the layers by ``||dW||_F^2 / ||W_a||_F^2`` summed over their matrices.
 """
@@ -39,8 +40,13 @@ def principal_angles(Wa, Wb, k: int) -> np.ndarray:
     return _angles(gram_svd(Wa, k)[1], gram_svd(Wb, k)[1])  # the Gram converts to float64 block by block
 
 
+#: the per-matrix arrays of a diff row (``keep`` values each), kept out of the CSV and saved for the explorer
+ARRAY_COLUMNS = ("sv_diff", "sv_a", "sv_b", "angles")
+
+
 def weight_diff(Wa, Wb, top_k: int = 16, keep: int = 32, rank_rtol: float = RANK_RTOL) -> dict:
-    """The diff columns of one pair (module docstring) plus ``sv_diff``, the ``keep`` largest singular values of dW.
+    """The diff columns of one pair (module docstring) plus the arrays :data:`ARRAY_COLUMNS`: the ``keep``
+    largest singular values of dW, of W_a and of W_b, and the principal angles (degrees, ascending).
 
     Each of ``Wa``, ``Wb`` and ``dW`` is reduced to its Gram once: one ``eigh`` gives a matrix's spectrum
     and its top-k singular subspace together.
@@ -66,6 +72,9 @@ def weight_diff(Wa, Wb, top_k: int = 16, keep: int = 32, rank_rtol: float = RANK
         "overlap": float(np.mean(np.cos(ang) ** 2)),
         "overlap_null": k / min(Wa.shape),
         "sv_diff": S[:keep],
+        "sv_a": Sa[:keep],
+        "sv_b": Sb[:keep],
+        "angles": np.degrees(ang),
     }
 
 
@@ -76,7 +85,13 @@ def diff_sweep(a, b, top_k: int = 16, rank_rtol: float = RANK_RTOL, progress: bo
     def work(pair):
         ra, rb = pair
         d = weight_diff(a.load(ra, dtype=None), b.load(rb, dtype=None), top_k, rank_rtol=rank_rtol)
-        return {"layer_idx": ra.layer, "weight_type": ra.weight_type, "shape": f"{ra.shape[0]}x{ra.shape[1]}", **d}
+        return {
+            "layer_idx": ra.layer,
+            "weight_type": ra.weight_type,
+            "expert": ra.expert,
+            "shape": f"{ra.shape[0]}x{ra.shape[1]}",
+            **d,
+        }
 
     bar = progress_bar(total=len(pairs), desc="weight diff", unit="matrix", disable=not progress)
     rows = []

@@ -7,13 +7,14 @@ theme, set once by :func:`use_style`. Every function returns the matplotlib figu
 * :mod:`.core`: grids, heatmaps, eigenvalue panels, curves and bars used across notebooks 01-05;
 * :mod:`.diagnostics`: random-matrix diagnostics, null models, model diffs, head circuits (01, 02, 07);
 * :mod:`.compare`: figures comparing several runs (06);
-* :mod:`.latent`: latent compression (04).
+* :mod:`.latent`: latent compression (04);
+* :mod:`.panels`: single panels drawn into a given axis, shared by the figures and the explorers.
 
 Figures specific to one area live in that area's module (``plots.diagnostics.esd(...)``); the
 shared ones are re-exported here (``plots.heatmap(...)``).
 """
 
-from . import compare, diagnostics, latent
+from . import compare, diagnostics, latent, panels
 from .core import (
     bars_with_intervals,
     block_grid,
@@ -39,6 +40,7 @@ __all__ = [
     "compare",
     "diagnostics",
     "latent",
+    "panels",
     "bars_with_intervals",
     "block_grid",
     "by_layer",

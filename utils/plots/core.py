@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from . import panels
+
 _STYLED = False
 
 
@@ -101,7 +103,8 @@ def heatmap(
     ax.set_title(title)
     if mark_row is not None:
         ax.axhline(mark_row + 0.5, color="red", lw=1.0, ls="--")
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure with its own layout engine (an explorer's) keeps it
+        fig.tight_layout()
     return fig
 
 
@@ -185,15 +188,7 @@ def eigen_panels(
     a0.set_xlabel("index (sorted by |λ|)")
     a0.set_ylabel("|λ|")
     cm = np.asarray(complex_mask, bool)
-    a1.scatter(eig.real[~cm], eig.imag[~cm], s=10, label=f"real ({int((~cm).sum())})")
-    a1.scatter(eig.real[cm], eig.imag[cm], s=10, label=f"complex ({int(cm.sum())})")
-    a1.axhline(0, color="gray", lw=0.5)
-    a1.axvline(0, color="gray", lw=0.5)
-    a1.set_aspect("equal", adjustable="datalim")
-    a1.set_title(f"complex plane ({int(cm.sum())} complex, asymmetry {asymmetry:.3f})")
-    a1.set_xlabel("Re λ")
-    a1.set_ylabel("Im λ")
-    a1.legend(loc="best", fontsize=8)
+    panels.eigen_plane(a1, eig, cm, f"complex plane ({int(cm.sum())} complex, asymmetry {asymmetry:.3f})")
     n99 = int(np.searchsorted(cum_energy, 0.99 - 1e-12) + 1)
     cumulative_energy(a2, cum_energy, 0.99, title=f"cumulative Σ|λ|² (99% at {n99}/{r}; {d} in all)")
     fig.suptitle(title, fontsize=13)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..spectral.rmt import esd, mp_pdf, powerlaw_pdf
+from . import panels
 from .core import grid, heatmap
 
 NULL_PANELS = (("eff_rank", "effective rank"), ("stable_rank", "stable rank"), ("alpha", "power-law alpha"))
@@ -22,7 +22,7 @@ def _types(df) -> list[str]:
 def esd_by_type(df: pd.DataFrame, spectra: dict, layer: int | None = None, null_spectra: dict | None = None):
     """One log-log panel per weight type (the matrix of ``layer``, default the middle one; model-level
     matrices as they are): the ESD of W^T W / N, its Marchenko-Pastur fit and finite-size edge, the power-law
-    fit of the tail from xmin, and (grey) the ESD of the permuted null."""
+    fit of the tail from xmin, and (grey) the ESD of the permuted null (:func:`.panels.esd`)."""
     types = _types(df)
     fig, axes = grid(len(types), ncols=4, size=(4.0, 3.1))
     L = int(df.layer_idx.max()) + 1
@@ -30,36 +30,8 @@ def esd_by_type(df: pd.DataFrame, spectra: dict, layer: int | None = None, null_
         d = df[df.weight_type == wt]
         row = d[d.layer_idx == (L // 2 if layer is None else layer)] if (d.layer_idx >= 0).any() else d
         row = (row if len(row) else d).iloc[0]
-        shape = (int(row.rows), int(row.cols))
-        lam = esd(spectra[row["name"]], shape)
-        lam = lam[lam > 0]
-        bins = np.geomspace(lam.min(), lam.max() * 1.01, 40)
-        if null_spectra and row["name"] in null_spectra:
-            lam0 = esd(null_spectra[row["name"]], shape)
-            sns.histplot(lam0[lam0 > 0], bins=bins, stat="density", color="0.7", ax=ax, label="permuted null")
-        sns.histplot(lam, bins=bins, stat="density", color="C0", alpha=0.6, ax=ax, label="ESD")
-        x = np.geomspace(lam.min(), lam.max(), 400)
-        if np.isfinite(row.mp_sigma2):
-            ax.plot(x, mp_pdf(x, row.mp_sigma2, row.mp_ratio), color="C1", lw=1.5, label="Marchenko-Pastur")
-            ax.axvline(row.mp_edge, color="C1", ls=":", lw=1, label=f"edge ({int(row.n_spikes)} spikes)")
-        if np.isfinite(row.alpha):
-            share = row.n_tail / len(lam)
-            ax.plot(
-                x,
-                share * powerlaw_pdf(x, row.alpha, row.xmin),
-                color="C3",
-                lw=1.5,
-                label=f"power law α={row.alpha:.2f}" + ("" if row.credible else " (not credible)"),
-            )
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel="λ (eigenvalue of WᵀW/N)",
-            ylabel="density",
-            title=f"{wt}, layer {row.layer_idx} ({row['shape']})",
-        )
-        ax.set_ylim(bottom=max(ax.get_ylim()[0], 1e-4 / max(lam.max(), 1e-12)))
-        ax.legend(fontsize=6)
+        null = null_spectra.get(row["name"]) if null_spectra else None
+        panels.esd(ax, row, spectra[row["name"]], null)
     fig.tight_layout()
     return fig
 
@@ -136,24 +108,87 @@ def score_vs_null(cs):
 
 
 def diff_by_layer(df: pd.DataFrame):
-    """Layers x weight types of the relative change ||ΔW||/||W|| and of the numerical rank of ΔW."""
+    """Layers x weight types of the relative change ||ΔW||/||W|| and of the numerical rank of ΔW (the experts
+    of a mixture-of-experts block: the mean change and the largest rank)."""
     d = df[df.layer_idx >= 0]
     types = _types(d)
     fig, axes = grid(2, ncols=2, size=(5.5, 4.5))
     heatmap(
-        d.pivot(index="layer_idx", columns="weight_type", values="rel_change")[types],
+        d.pivot_table(index="layer_idx", columns="weight_type", values="rel_change", aggfunc="mean")[types],
         "‖ΔW‖_F / ‖W‖_F",
         "relative change",
         xlabel="weight type",
         ax=axes[0],
     )
     heatmap(
-        d.pivot(index="layer_idx", columns="weight_type", values="rank")[types],
+        d.pivot_table(index="layer_idx", columns="weight_type", values="rank", aggfunc="max")[types],
         "numerical rank of ΔW",
         "rank",
         xlabel="weight type",
         ax=axes[1],
         cmap="magma",
     )
+    fig.tight_layout()
+    return fig
+
+
+def expert_spread(df: pd.DataFrame, metric: str = "eff_rank"):
+    """How the experts of each mixture-of-experts block differ: ``metric`` of every expert by layer (one
+    panel per expert weight type), beside the permuted null of each expert (grey)."""
+    ex = df[df["expert"] >= 0]
+    types = _types(ex)
+    fig, axes = grid(len(types), ncols=3, size=(4.4, 3.3))
+    kinds = {metric: "experts", f"null_{metric}": "permuted null"}
+    for ax, wt in zip(axes, types):
+        d = ex[ex.weight_type == wt]
+        cols = [c for c in kinds if c in d]
+        long = d.melt(id_vars=["layer_idx"], value_vars=cols, var_name="kind", value_name="value")
+        long["kind"] = long["kind"].map(kinds)
+        sns.stripplot(
+            data=long,
+            x="layer_idx",
+            y="value",
+            hue="kind",
+            dodge=True,
+            size=3,
+            ax=ax,
+            palette={"experts": "C0", "permuted null": "0.6"},
+            hue_order=[kinds[c] for c in cols],
+        )
+        ax.legend(fontsize=6)
+        ax.set(xlabel="layer", ylabel=metric.replace("_", " "), title=f"{wt}: {d.expert.nunique()} experts per block")
+    fig.tight_layout()
+    return fig
+
+
+def quantisation_noise(df: pd.DataFrame, spectra: dict):
+    """Which part of each spectrum is the model's and which the quantiser's: left, the share of singular
+    values above the noise edge by layer (one line per weight type); right, the singular values of the
+    matrix with the largest relative noise, with its noise edge."""
+    q = df[df["quant_edge"].notna() & (df.layer_idx >= 0)].assign(
+        share=lambda d: d.n_above_quant_edge / d[["rows", "cols"]].min(axis=1)
+    )
+    fig, (ax1, ax2) = grid(2, ncols=2, size=(5.0, 3.6))
+    agg = q.groupby(["layer_idx", "weight_type"], as_index=False)["share"].mean()
+    sns.lineplot(
+        data=agg, x="layer_idx", y="share", hue="weight_type", hue_order=_types(agg), marker="o", markersize=3, ax=ax1
+    )
+    ax1.set(
+        xlabel="layer",
+        ylabel="share of σ above the noise edge",
+        ylim=(0, 1.02),
+        title="spectrum above the quantisation noise",
+    )
+    ax1.legend(fontsize=6)
+    row = q.loc[q.quant_noise_rel.idxmax()] if len(q) else df.loc[df.quant_edge.notna()].iloc[0]
+    S = np.sort(np.asarray(spectra[row["name"]]))[::-1]
+    ax2.semilogy(np.arange(1, len(S) + 1), S, color="C0", lw=1.2, label="singular values")
+    ax2.axhline(row.quant_edge, color="C3", ls="--", lw=1, label=f"{row.quant_type} noise edge")
+    ax2.set(
+        xlabel="index",
+        ylabel="σ",
+        title=f"{row.weight_type}, layer {row.layer_idx}: {int(row.n_above_quant_edge)} of {len(S)} above",
+    )
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     return fig

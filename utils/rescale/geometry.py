@@ -298,8 +298,10 @@ def extract_geometry(
     skip_first: int = 1,
     batch_size: int = 4,
     progress: bool = True,
+    kernel: str = "raw",
 ) -> dict:
-    """Static and dynamic geometry of the model ``spec`` as a schema dict (validated).
+    """Static and dynamic geometry of the model ``spec`` as a schema dict (validated); the static part from
+    the QK kernels in the ``kernel`` convention (``raw`` or ``folded``, :mod:`utils.attention.forms`).
 
     Extra keys: ``model``, ``family``, ``d_head``, ``num_kv_heads``, ``entropy_rule``, ``text``,
     ``seq_len``, ``tokens_per_seq``, ``n_seqs``, ``skip_first``, ``uniform_entropy``,
@@ -308,7 +310,7 @@ def extract_geometry(
     text = read_text(text_path)
     src = open_weights(spec)
     # static part: exact singular values of every head's W_Q_h^T W_K_h, (L, H, d_head)
-    sigma = sweep_attention(src, ("qk",), eigenvalues=False, progress=progress).sv["qk"]
+    sigma = sweep_attention(src, ("qk",), eigenvalues=False, progress=progress, kernel=kernel).sv["qk"]
     model, tok = load_model(spec, attn_implementation="eager")
     dyn = attention_entropy(model, tok, text, seq_len, n_seqs, skip_first, batch_size, progress)
     if dyn["entropy"].shape != sigma.shape[:2]:
@@ -321,6 +323,7 @@ def extract_geometry(
         dyn["entropy"],
         model=src.name,
         family=src.family,
+        kernel=kernel,
         d_head=int(src.dims.d_head),
         num_kv_heads=int(src.dims.n_kv),
         entropy_rule=ENTROPY_RULE,

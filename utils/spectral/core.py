@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..device import default_device
+from ..device import default_device, uses_device_path
 
 GRAM_BLOCK_BYTES = 64 << 20  # one block of the long side, in the compute dtype
 
@@ -75,14 +75,14 @@ def svdvals(W, device=None, method: str = "auto", dtype: torch.dtype | None = No
         raise ValueError(f"svdvals expects a matrix (m, n) or a batch (B, m, n); got shape {tuple(W.shape)}")
     dev = torch.device(device) if device is not None else default_device()
     if method == "auto":
-        method = "svd" if dev.type == "cuda" else "gram"
+        method = "svd" if uses_device_path(dev) else "gram"
     if method == "gram":
         return gram_svdvals(W, dev, dtype or torch.float64)  # checks finiteness on the Gram
     if method != "svd":
         raise ValueError(f"method must be 'auto', 'svd' or 'gram', got {method!r}")
     check_finite(W)
     if dtype is None:
-        dtype = torch.float32 if dev.type == "cuda" else torch.float64
+        dtype = torch.float32 if uses_device_path(dev) else torch.float64
     return torch.linalg.svdvals(W.to(device=dev, dtype=dtype)).double().cpu().numpy()
 
 
@@ -92,7 +92,8 @@ def gram(W, dtype: torch.dtype = torch.float64, device=None, block_bytes: int = 
     Accumulated in ``dtype`` over blocks of the long side of at most ``block_bytes`` each (module
     docstring), so memory is one block plus the Gram whatever ``W``'s size and storage dtype. On the
     CPU each block's product is a numpy ``B.T @ B`` on one buffer (a BLAS syrk, half the flops of a
-    general product) and the result a numpy array; on another ``device`` a torch tensor there.
+    general product) and the result a numpy array; on another ``device`` (or on the CPU inside
+    :func:`utils.device.device_path`) a torch product and a torch tensor there.
     """
     W = as_tensor(W)
     if W.ndim != 2:
@@ -102,8 +103,9 @@ def gram(W, dtype: torch.dtype = torch.float64, device=None, block_bytes: int = 
     k = A.shape[1]
     rows = max(1, block_bytes // max(1, k * torch.finfo(dtype).bits // 8))
     G = None
+    on_host = not uses_device_path(dev)
     for i in range(0, A.shape[0], rows):
-        if dev.type == "cpu":
+        if on_host:
             B = A[i : i + rows].to(dtype).contiguous().numpy()
             P = B.T @ B
         else:
@@ -115,7 +117,7 @@ def gram(W, dtype: torch.dtype = torch.float64, device=None, block_bytes: int = 
             G += P
     if G is None:  # no rows
         G = np.zeros((k, k), dtype=torch.empty(0, dtype=dtype).numpy().dtype)
-        G = G if dev.type == "cpu" else torch.from_numpy(G).to(dev)
+        G = G if on_host else torch.from_numpy(G).to(dev)
     return G
 
 

@@ -14,7 +14,8 @@ without ever forming a d x d matrix:
   ``||A - A^T||_F / ||A||_F`` and the symmetry score ``||sym A||_F^2 / ||A||_F^2`` from traces.
 
 Everything runs in float64 on the factors' device; on the CPU the batch is split over worker
-threads that each run single-threaded LAPACK (:mod:`utils.spectral.threads`).
+threads that each run single-threaded LAPACK (:mod:`utils.spectral.threads`); on a GPU (or on the CPU
+inside :func:`utils.device.device_path`) it is decomposed as one batch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..device import uses_device_path
 from .metrics import COMPLEX_RTOL, complex_mask, effective_rank, energy_count
 from .threads import cpu_workers, limited_threads
 
@@ -189,9 +191,10 @@ class FactoredKernels:
         X, Y = self.X, self.Y
         B, d, r = X.shape
         idx = torch.as_tensor(self.index, device=X.device)
-        n_work = cpu_workers(B) if X.device.type == "cpu" else 1
+        host = not uses_device_path(X.device)  # the CPU: worker threads, one BLAS thread each
+        n_work = cpu_workers(B) if host else 1
         bounds = np.linspace(0, B, n_work + 1).astype(int)
-        with limited_threads(1) if X.device.type == "cpu" else _nothing():
+        with limited_threads(1) if host else _nothing():
             R2 = torch.linalg.qr(Y.mT, mode="r")[1]  # (G, k, r), once per shared factor
             jobs = [(X[a:b], Y, R2, idx[a:b], eigenvalues) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
             if len(jobs) == 1:

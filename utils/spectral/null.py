@@ -2,7 +2,9 @@
 
 * :func:`permute_entries`: a matrix with its entries randomly permuted (seeded). It keeps the element
   distribution (every value, hence the Frobenius norm) and destroys every correlation between rows and
-  columns, so its spectrum is the Marchenko-Pastur law of i.i.d. entries with the same variance.
+  columns. For light-tailed entries its spectrum is close to the Marchenko-Pastur law of i.i.d. entries with
+  the same variance; entries with outliers (a heavy-tailed entry distribution, high kurtosis, as trained
+  weights often have) give the null spikes of its own, so the null is the reference, not MP.
 * :func:`permute_residual`: the residual-stream coordinates (the ``d`` side) of a layer's weights
   permuted together, one permutation per layer. Each head's QK / OV kernel becomes ``P A P^T``: its own
   spectrum, symmetry and norm are unchanged, only its alignment with other layers is destroyed (the
@@ -23,8 +25,6 @@ import numpy as np
 import torch
 
 MODES = ("entries", "residual")
-D_IN_ROLES = ("q", "k", "v", "gate", "up")  # nn.Linear (out, in): the residual stream is the input side
-D_OUT_ROLES = ("o", "down")  # the residual stream is the output side
 
 
 def derived_seed(seed: int, key) -> int:
@@ -56,14 +56,16 @@ def permute_entries(W, seed: int = 0) -> torch.Tensor:
     return out
 
 
-def permute_residual(W, role: str, perm: torch.Tensor) -> torch.Tensor:
-    """``W`` with its residual-stream axis reordered by ``perm`` (columns for q k v gate up, rows for o down)."""
+def permute_residual(W, axis: int | None, perm: torch.Tensor) -> torch.Tensor:
+    """``W`` with its residual-stream axis reordered by ``perm``: ``axis`` 1 (the columns: a matrix that reads
+    the stream), 0 (the rows: one that writes it) or None (no residual side, e.g. MLA's ``q_b`` / ``kv_b``
+    acting on latents: returned as it is). A WeightSource says which (``residual_axis(role)``)."""
     W = torch.as_tensor(W)
-    if role in D_IN_ROLES:
+    if axis == 1:
         return W[:, perm]
-    if role in D_OUT_ROLES:
+    if axis == 0:
         return W[perm, :]
-    raise ValueError(f"unknown role {role!r}: expected one of {D_IN_ROLES + D_OUT_ROLES}")
+    return W
 
 
 class PermutedWeights:
@@ -89,7 +91,7 @@ class PermutedWeights:
 
     def _permute(self, W, name: str, layer: int, role: str | None) -> torch.Tensor:
         if self.mode == "residual" and role is not None and layer >= 0:
-            return permute_residual(W, role, self._residual_perm(layer))
+            return permute_residual(W, self.src.residual_axis(role), self._residual_perm(layer))
         return permute_entries(W, derived_seed(self.seed, name))
 
     def matrices(self):
@@ -98,15 +100,22 @@ class PermutedWeights:
     def load(self, ref, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         return self._permute(self.src.load(ref, dtype=dtype), matrix_key(ref), ref.layer, ref.role)
 
-    def layer_weight(self, layer: int, role: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
-        W = self.src.layer_weight(layer, role, dtype=dtype)
+    def layer_weight(
+        self, layer: int, role: str, dtype: torch.dtype | None = torch.float32, expert: int | None = None
+    ) -> torch.Tensor:
+        W = self.src.layer_weight(layer, role, dtype=dtype, expert=expert)
         L = self.dims.L
-        return self._permute(W, f"layer {layer % L} {role}", layer % L, role)
+        return self._permute(W, _key(layer % L, role, expert), layer % L, role)
+
+
+def _key(layer: int, role: str, expert: int | None) -> str:
+    return f"layer {layer} {role}" + ("" if expert is None or expert < 0 else f" expert {expert}")
 
 
 def matrix_key(ref) -> str:
-    """The key a matrix's null seed derives from: ``"layer i role"`` (whichever accessor loads it), else its name."""
-    return f"layer {ref.layer} {ref.role}" if getattr(ref, "role", None) else ref.name
+    """The key a matrix's null seed derives from: ``"layer i role"`` (``"... expert e"`` for an expert; the
+    same whichever accessor loads it), else its name."""
+    return _key(ref.layer, ref.role, getattr(ref, "expert", -1)) if getattr(ref, "role", None) else ref.name
 
 
 def ratio(trained, null) -> np.ndarray:

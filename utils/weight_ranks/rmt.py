@@ -13,7 +13,13 @@ Column glossary (one row per matrix):
 * ``alpha, xmin, n_tail, ks_D, alpha_lo, alpha_hi, alpha_se, credible, flag``: power-law tail fit;
   ``alpha_weighted`` = alpha log10(sigma_max^2), ``lambda_max`` = sigma_max^2 / N;
 * ``null_eff_rank, null_stable_rank, null_alpha, null_n_spikes, null_spike_mass``: the permuted null;
-  ``eff_rank_ratio, stable_rank_ratio, alpha_ratio``: trained / null.
+  ``eff_rank_ratio, stable_rank_ratio, alpha_ratio``: trained / null;
+* for a block-quantised matrix (a quantised GGUF file), the noise its format implies: ``quant_type``,
+  ``quant_noise_rms`` (the root-mean-square rounding error, each block's scale giving its values' variance
+  ``step² / 12``), ``quant_noise_rel`` (the noise's share of ``||W||_F``), ``quant_edge`` (the largest
+  singular value of noise with that variance profile, :func:`~utils.spectral.rmt.noise_edge`) and
+  ``n_above_quant_edge`` (the singular values of the matrix above it: the part of the spectrum that is the
+  model's, not the quantiser's).
 
 A matrix with fewer than :data:`~utils.spectral.rmt.MIN_EVALS` eigenvalues gets NaN fits and a flag,
 never an exception, so a sweep never stops halfway.
@@ -22,13 +28,14 @@ never an exception, so a sweep never stops halfway.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from ..spectral import effective_rank, gram_svdvals, stable_rank
 from ..spectral.null import ENTRIES_DRAW, derived_seed, matrix_key, permute_entries, ratio
-from ..spectral.rmt import MIN_EVALS, esd, mp_fit, powerlaw_fit, weighted_alpha
+from ..spectral.rmt import MIN_EVALS, esd, mp_fit, noise_edge, powerlaw_fit, weighted_alpha
 from .sweep import weight_sweep
 from .tables import per_layer, weight_types
 
@@ -81,15 +88,20 @@ class RMTColumns:
     n_boot: int = 0
     policy: str = "csn"
     keep_null_spectra: bool = False
+    noise: Callable | None = None  # ref -> (quantisation type, rounding variance) or None (a source's rounding_noise)
 
     def cache_key(self) -> str:
         """What a resumable sweep's cache must match: the hook and every setting that changes its columns."""
         settings = f"{self.null}, {self.seed}, {self.n_boot}, {self.policy!r}, {self.keep_null_spectra}, {ENTRIES_DRAW}"
+        if self.noise is not None:
+            settings += ", quantisation noise/1"
         return f"{type(self).__module__}.{type(self).__qualname__}({settings})"
 
     def __call__(self, W, ref, S) -> dict:
         s = derived_seed(self.seed, matrix_key(ref))
         out = spectrum_columns(S, ref.shape, self.policy, self.n_boot, s)
+        if self.noise is not None:
+            out.update(quantisation_columns(self.noise(ref), S, s))
         if not self.null:
             return out
         Wp = permute_entries(W, s)
@@ -107,16 +119,34 @@ class RMTColumns:
         return out
 
 
+def quantisation_columns(noise, S, seed: int) -> dict:
+    """The quantisation-noise columns of one matrix (module docstring) from ``(type, variance)``, or {} when the
+    matrix is not block-quantised."""
+    if noise is None:
+        return {}
+    qtype, var = noise
+    S = np.asarray(S, dtype=np.float64)
+    edge = noise_edge(var, seed)
+    fro2 = float((S**2).sum())
+    return {
+        "quant_type": qtype,
+        "quant_noise_rms": var.double().mean().sqrt().item(),
+        "quant_noise_rel": (var.double().sum() / fro2).sqrt().item() if fro2 > 0 else float("nan"),
+        "quant_edge": edge,
+        "n_above_quant_edge": int((S > edge).sum()),
+    }
+
+
 def rmt_sweep(src, null: bool = True, seed: int = 0, n_boot: int = 0, policy: str = "csn", **sweep_kw):
     """:func:`weight_sweep` with :class:`RMTColumns`; returns ``(df, spectra, null_spectra)``.
 
     ``df`` has the sweep's columns, the RMT columns and (with ``null``) the null columns and ratios;
     ``spectra`` / ``null_spectra`` map each matrix name to its singular values (trained / permuted).
     """
-    from ..diff.match import check_complete
-
-    check_complete(src)  # a missing layer: one clear message before the sweep, not a crash halfway
-    hook = RMTColumns(null=null, seed=seed, n_boot=n_boot, policy=policy, keep_null_spectra=null)
+    if hasattr(src, "check_complete"):
+        src.check_complete()  # a missing layer: one clear message before the sweep, not a crash halfway
+    noise = getattr(src, "rounding_noise", None)  # quantised GGUF files only
+    hook = RMTColumns(null=null, seed=seed, n_boot=n_boot, policy=policy, keep_null_spectra=null, noise=noise)
     df, spectra = weight_sweep(src, per_matrix=hook, keep_spectra=True, **sweep_kw)
     null_spectra = {}
     if NULL_SV in df:

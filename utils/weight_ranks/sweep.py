@@ -37,26 +37,46 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..device import resolve_device
+from ..device import resolve_device, uses_device_path
 from ..files import append_jsonl, read_jsonl, to_jsonable, write_jsonl
 from ..progress import progress_bar
 from ..spectral import check_finite, gram_svdvals, limited_threads, summarize, svdvals
 from ..weights import MatrixRef, WeightSource
 
-PER_LAYER_ORDER = ["W_Q", "W_K", "W_V", "W_O", "W_gate", "W_up", "W_down"]
+#: the order of a block's matrices in the tables (the attention, then the MLP or the router, experts, shared experts)
+PER_LAYER_ORDER = [
+    "W_Q",
+    "W_Q_a",
+    "W_Q_b",
+    "W_K",
+    "W_V",
+    "W_KV_a",
+    "W_KV_b",
+    "W_O",
+    "W_router",
+    "W_gate",
+    "W_up",
+    "W_down",
+    "W_shared_router",
+    "W_shared_gate",
+    "W_shared_up",
+    "W_shared_down",
+]
 PRECISIONS = ("auto", "float64", "float32")
 CACHE_FORMAT = "weight_sweep/1"
 INFLIGHT_FACTOR = 1.5  # matrices in hand at once, in units of the largest one (see _Scheduler)
 
 
 def _what(ref: MatrixRef) -> str:
-    return f"weight {ref.name!r} (layer {ref.layer}, {ref.weight_type})"
+    e = "" if getattr(ref, "expert", -1) < 0 else f", expert {ref.expert}"
+    return f"weight {ref.name!r} (layer {ref.layer}, {ref.weight_type}{e})"
 
 
 def _row(ref: MatrixRef, S: np.ndarray) -> dict:
     r = {
         "layer_idx": ref.layer,
         "weight_type": ref.weight_type,
+        "expert": getattr(ref, "expert", -1),
         "shape": f"{ref.shape[0]}x{ref.shape[1]}",
         "rows": ref.shape[0],
         "cols": ref.shape[1],
@@ -81,7 +101,7 @@ def compute_dtype(precision: str, dev: torch.device, batched: bool) -> torch.dty
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
-        return torch.float32 if batched and dev.type == "cuda" else torch.float64
+        return torch.float32 if batched and uses_device_path(dev) else torch.float64
     return getattr(torch, precision)
 
 
@@ -145,7 +165,8 @@ def cache_path(cache: str | Path, src, header: dict) -> Path:
     if p.suffix == ".jsonl":
         return p
     key = hashlib.sha1(json.dumps(to_jsonable(header), sort_keys=True).encode()).hexdigest()[:12]
-    return p / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', str(src.name))[:60]}-{key}.jsonl"
+    label = Path(str(src.name).rstrip("/")).name or "model"  # for people; the key covers everything
+    return p / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', label)[:60]}-{key}.jsonl"
 
 
 def _header(src, dtype: torch.dtype, method: str, per_matrix) -> dict:
@@ -224,11 +245,11 @@ def weight_sweep(
 ):
     """Singular-value summaries of every 2-D weight of ``src``.
 
-    Returns a DataFrame (one row per matrix; columns ``layer_idx, weight_type, shape, rows, cols,
+    Returns a DataFrame (one row per matrix; columns ``layer_idx, weight_type, expert, shape, rows, cols,
     name, n_sv, eff_rank, stable_rank, spectral_norm, frobenius_norm, sigma_min, condition_number,
-    n50, n75, n90, n95, n99``; ``layer_idx`` is -1 for embeddings), and, if ``keep_spectra``, also a
-    dict ``name -> singular values`` (float64, descending). ``df.attrs`` records ``cache`` (the
-    results file or None), ``reused`` and ``computed`` (matrices read back / computed now).
+    n50, n75, n90, n95, n99``; ``layer_idx`` is -1 for embeddings, ``expert`` -1 outside the experts), and,
+    if ``keep_spectra``, also a dict ``name -> singular values`` (float64, descending). ``df.attrs`` records
+    ``cache`` (the results file or None), ``reused`` and ``computed`` (matrices read back / computed now).
     device: ``"auto"`` / ``None`` (GPU if present), ``"cpu"`` or ``"cuda"``.
     batched: stack same-shape matrices (up to ``batch_bytes`` of float32) into one batched SVD;
     default: on a GPU only. Otherwise ``workers`` threads take one matrix each (Gram).
@@ -242,7 +263,7 @@ def weight_sweep(
     """
     dev = resolve_device(device)
     if batched is None:
-        batched = dev.type != "cpu"
+        batched = uses_device_path(dev)
     dtype = compute_dtype(precision, dev, batched)
     refs = select_matrices(src, include_model_level)
     store = None
@@ -275,9 +296,14 @@ def weight_sweep(
     order = {t: i for i, t in enumerate(PER_LAYER_ORDER)}
     df["_o"] = df["weight_type"].map(lambda t: order.get(t, 99))
     df["_l"] = df["layer_idx"].where(df["layer_idx"] >= 0, 10**9)
-    df = df.sort_values(["_l", "_o", "weight_type", "name"], kind="stable")
+    df = df.sort_values(["_l", "_o", "weight_type", "expert", "name"], kind="stable")
     df = df.drop(columns=["_o", "_l"]).reset_index(drop=True)
-    df.attrs.update(cache=None if store is None else str(store.path), reused=len(refs) - len(todo), computed=len(todo))
+    df.attrs.update(
+        cache=None if store is None else str(store.path),
+        reused=len(refs) - len(todo),
+        computed=len(todo),
+        method=f"{'batched svd' if batched else 'gram'} ({str(dtype).replace('torch.', '')})",
+    )
     if keep_spectra:
         return df, {ref.name: results[ref.name][0] for ref in refs}
     return df

@@ -11,8 +11,59 @@ from ..spectral import ENERGY_LEVELS, energy_count, energy_share
 from .sweep import PER_LAYER_ORDER
 
 
+def experts_averaged(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (layer, weight type): the experts of a mixture-of-experts block averaged (every numeric
+    column the mean over the block's experts, ``n_experts`` their count); unchanged for a dense model."""
+    if "expert" not in df or not (df["expert"] >= 0).any():
+        return df
+    dense = df[df["expert"] < 0]
+    ex = df[df["expert"] >= 0]
+    num = [c for c in ex.columns if pd.api.types.is_numeric_dtype(ex[c]) and c not in ("layer_idx", "expert")]
+    keys = ["layer_idx", "weight_type"]
+    agg = ex.groupby(keys, sort=False)[num].mean()
+    first = ex.groupby(keys, sort=False)[[c for c in ex.columns if c not in num + keys]].first()
+    merged = pd.concat([agg, first], axis=1).reset_index()
+    merged["n_experts"] = ex.groupby(keys, sort=False).size().to_numpy()
+    merged["expert"] = -2  # marks a row that averages experts
+    merged["name"] = merged["name"].str.replace(r"\[\d+\]", "[*]", regex=True)
+    out = pd.concat([dense, merged[[c for c in list(df.columns) + ["n_experts"] if c in merged]]], ignore_index=True)
+    order = {t: i for i, t in enumerate(PER_LAYER_ORDER)}
+    out["_l"] = out["layer_idx"].where(out["layer_idx"] >= 0, 10**9)
+    out["_o"] = out["weight_type"].map(lambda t: order.get(t, 99))
+    return out.sort_values(["_l", "_o", "weight_type"], kind="stable").drop(columns=["_l", "_o"]).reset_index(drop=True)
+
+
+def expert_spread(df: pd.DataFrame, metrics=("eff_rank", "alpha")) -> pd.DataFrame:
+    """How much the experts of one block differ: per (layer, weight type) of a mixture of experts, the count,
+    mean, std, min and max over the experts of each metric, and beside it the same spread of the permuted
+    null (``null_<metric>``, when the sweep computed it): the spread the experts' entry distributions alone
+    give. Empty for a dense model."""
+    if "expert" not in df or not (df["expert"] >= 0).any():
+        return pd.DataFrame()
+    ex = df[df["expert"] >= 0]
+    rows = []
+    for (layer, wt), g in ex.groupby(["layer_idx", "weight_type"], sort=False):
+        row = {"layer": layer, "weight_type": wt, "experts": len(g)}
+        for m in metrics:
+            for col, tag in ((m, m), (f"null_{m}", f"null {m}")):
+                if col in g:
+                    x = g[col].to_numpy(dtype=float)
+                    row.update(
+                        {
+                            f"{tag} mean": np.nanmean(x),
+                            f"{tag} std": np.nanstd(x),
+                            f"{tag} min": np.nanmin(x),
+                            f"{tag} max": np.nanmax(x),
+                        }
+                    )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def per_layer(df: pd.DataFrame) -> pd.DataFrame:
-    """Only the per-layer matrices (drops embeddings), sorted by layer."""
+    """Only the per-layer matrices (drops embeddings), sorted by layer; the experts of a block averaged
+    (:func:`experts_averaged`)."""
+    df = experts_averaged(df)
     return df[df["layer_idx"] >= 0].sort_values(["layer_idx"], kind="stable")
 
 
@@ -186,3 +237,36 @@ MODEL_LEVEL_COLUMNS = [
     "n90",
     "n99",
 ]
+
+
+def quantisation_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per weight type of a quantised model: its quantisation type, the noise's share of ``||W||_F`` (median)
+    and the share of singular values above the noise edge (mean, min over layers); empty when nothing is
+    quantised."""
+    if "quant_edge" not in df:
+        return pd.DataFrame()
+    q = df[df["quant_edge"].notna()].assign(share=lambda d: d.n_above_quant_edge / d[["rows", "cols"]].min(axis=1))
+    rows = []
+    for wt in weight_types(q):
+        d = q[q.weight_type == wt]
+        rows.append(
+            {
+                "weight_type": wt,
+                "quantisation": ", ".join(sorted(set(d.quant_type))),
+                "matrices": len(d),
+                "noise / ‖W‖_F (median)": d.quant_noise_rel.median(),
+                "σ above noise edge (mean share)": d.share.mean(),
+                "σ above noise edge (min share)": d.share.min(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def down_projection(src, layer: int):
+    """``(matrix, label)``: the block's MLP output projection, W_down; a mixture-of-experts block's shared
+    expert's (or its first expert's) when it has no dense one."""
+    for role, expert in (("down", None), ("shared_down", None), ("down", 0)):
+        if (role, expert) in src.layer_roles(layer):
+            label = {"shared_down": "W_shared_down"}.get(role, "W_down") + ("" if expert is None else " of expert 0")
+            return src.layer_weight(layer, role, expert=expert), label
+    raise KeyError(f"block {layer} of {src.name} has no MLP output projection")

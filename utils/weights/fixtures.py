@@ -7,6 +7,12 @@ checkpoint with the exact ``config.json``, tensor names, shapes and dtype of
   embedding and head; 8.03 B parameters, 16.1 GB in 4 shards),
 * ``qwen2.5-3b``: Qwen/Qwen2.5-3B (36 layers, d 2048, GQA 16/2, q/k/v biases, tied 151936 x 2048
   embedding; 3.09 B parameters, 6.2 GB in 2 shards),
+* ``mixtral-8x7b-2l`` (``python -m utils.weights.fixtures mixtral-8x7b-2l``, for ``bench/bench_moe.py``):
+  Mixtral-8x7B with 2 of its 32 blocks, 8 experts each (3.16 B parameters, 6.3 GB),
+* ``deepseek-v3-2l``: DeepSeek-V3 with 2 of its 61 blocks (one dense, one mixture with 16 of its 256
+  routed experts and the shared one), multi-head latent attention at full size (3.37 B parameters, 6.7 GB);
+  the mixture-of-experts fixtures are written as transformers holds them in memory (fused 3-D expert
+  tensors), the layout newer checkpoints use,
 
 with random weights (normal, std = the config's ``initializer_range``; norms 1), into
 ``$TSPECTRA_FIXTURES/<name>-random`` (default ``~/.cache/transformer-spectra/fixtures``): outside
@@ -91,8 +97,89 @@ _QWEN25_3B = {
     "use_sliding_window": False,
     "vocab_size": 151936,
 }
-FIXTURES = {"llama-3.1-8b": _LLAMA_31_8B, "qwen2.5-3b": _QWEN25_3B}
-MODELS = {"llama-3.1-8b": "meta-llama/Llama-3.1-8B", "qwen2.5-3b": "Qwen/Qwen2.5-3B"}
+# Mixtral-8x7B's configuration with 2 of its 32 blocks: every matrix has its real shape (8 experts per block)
+_MIXTRAL_8X7B_2L = {
+    "architectures": ["MixtralForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 32768,
+    "model_type": "mixtral",
+    "num_attention_heads": 32,
+    "num_experts_per_tok": 2,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 8,
+    "num_local_experts": 8,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 1000000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 32000,
+}
+# DeepSeek-V3's configuration with 2 of its 61 blocks (the first dense, the second a mixture) and 16 of its
+# 256 routed experts: every matrix has its real shape (multi-head latent attention with q / kv latents of
+# 1536 / 512, 128 heads of 128 + 64 rotary; experts 2048 wide); a full block of 256 experts would be 23 GB
+_DEEPSEEK_V3_2L = {
+    "architectures": ["DeepseekV3ForCausalLM"],
+    "attention_bias": False,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "first_k_dense_replace": 1,
+    "hidden_act": "silu",
+    "hidden_size": 7168,
+    "initializer_range": 0.02,
+    "intermediate_size": 18432,
+    "kv_lora_rank": 512,
+    "max_position_embeddings": 163840,
+    "model_type": "deepseek_v3",
+    "moe_intermediate_size": 2048,
+    "n_group": 8,
+    "n_routed_experts": 16,
+    "n_shared_experts": 1,
+    "norm_topk_prob": True,
+    "num_attention_heads": 128,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 128,
+    "q_lora_rank": 1536,
+    "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": {
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "factor": 40,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+        "original_max_position_embeddings": 4096,
+        "type": "yarn",
+    },
+    "rope_theta": 10000,
+    "routed_scaling_factor": 2.5,
+    "tie_word_embeddings": False,
+    "topk_group": 4,
+    "torch_dtype": "bfloat16",
+    "v_head_dim": 128,
+    "vocab_size": 129280,
+}
+FIXTURES = {
+    "llama-3.1-8b": _LLAMA_31_8B,
+    "qwen2.5-3b": _QWEN25_3B,
+    "mixtral-8x7b-2l": _MIXTRAL_8X7B_2L,
+    "deepseek-v3-2l": _DEEPSEEK_V3_2L,
+}
+MODELS = {
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+    "qwen2.5-3b": "Qwen/Qwen2.5-3B",
+    "mixtral-8x7b-2l": "mistralai/Mixtral-8x7B-v0.1, 2 of 32 blocks",
+    "deepseek-v3-2l": "deepseek-ai/DeepSeek-V3, 2 of 61 blocks, 16 of 256 routed experts",
+}
+#: fixtures ``make fixtures`` writes unless named (the mixture-of-experts ones are for bench_moe.py)
+DEFAULT_FIXTURES = ("llama-3.1-8b", "qwen2.5-3b")
 
 
 def fixture_root() -> Path:
@@ -112,10 +199,28 @@ def fixture_ready(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MARKER).is_file() and (Path(folder) / "config.json").is_file()
 
 
+def meta_layout(config: dict, dtype: str = "BF16") -> list[tuple[str, tuple[int, ...], str]]:
+    """``(name, shape, dtype)`` of every tensor transformers' model of ``config`` holds (built on the meta
+    device: no memory), as its ``state_dict`` names them (mixtures of experts: fused 3-D expert tensors)."""
+    import transformers
+
+    from .families import family_of
+    from .sources import hf_config
+
+    cfg = hf_config(config["model_type"], config)
+    with torch.device("meta"):
+        model = getattr(transformers, family_of(config["model_type"]).auto_class).from_config(cfg)
+    sd = model.state_dict()
+    if getattr(cfg, "tie_word_embeddings", False):
+        sd.pop("lm_head.weight", None)
+    return [(n, tuple(t.shape), dtype if t.dtype != torch.float32 or t.ndim > 1 else "F32") for n, t in sd.items()]
+
+
 def tensor_layout(config: dict, dtype: str = "BF16") -> list[tuple[str, tuple[int, ...], str]]:
-    """``(name, shape, dtype)`` of every tensor of a llama / qwen2 checkpoint, in ``save_pretrained`` order."""
+    """``(name, shape, dtype)`` of every tensor of a checkpoint of ``config``: llama / qwen2 / mistral as
+    ``save_pretrained`` writes them; any other family as transformers holds it (:func:`meta_layout`)."""
     if config["model_type"] not in ("llama", "qwen2", "mistral"):
-        raise ValueError(f"fixtures are written for llama, qwen2 and mistral configs, not {config['model_type']!r}")
+        return meta_layout(config, dtype)
     d, d_ff, V = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
     h, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
     r = config.get("head_dim") or d // h
@@ -204,12 +309,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m utils.weights.fixtures",
         description="Write the large random-weight checkpoints of the scale benchmark (once).",
     )
-    ap.add_argument("names", nargs="*", help=f"fixtures to write (default: all of {', '.join(FIXTURES)})")
+    ap.add_argument(
+        "names",
+        nargs="*",
+        help=f"fixtures to write (default: {', '.join(DEFAULT_FIXTURES)}; known: {', '.join(FIXTURES)})",
+    )
     ap.add_argument("--root", help=f"folder for the fixtures (default: ${FIXTURE_ENV} or {DEFAULT_ROOT})")
     ap.add_argument("--force", action="store_true", help="rewrite fixtures that are already there")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    names = args.names or list(FIXTURES)
+    names = args.names or list(DEFAULT_FIXTURES)
     unknown = [n for n in names if n not in FIXTURES]
     if unknown:
         ap.error(f"unknown fixture(s) {', '.join(unknown)}; known: {', '.join(FIXTURES)}")

@@ -66,6 +66,12 @@ def tensor_nbytes(shape: tuple[int, ...], ggml_type: int) -> int:
     return -(-n_el // block) * nbytes
 
 
+def _block_size(ggml_type: int) -> int:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    return GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)][0]
+
+
 class GGUFFormatError(ValueError):
     """The file is not a readable GGUF file."""
 
@@ -200,23 +206,47 @@ class GGUFFile:
     def get(self, key: str, default=None):
         return self.metadata.get(key, default)
 
-    def raw_bytes(self, name: str) -> np.ndarray:
-        """The stored bytes of tensor ``name`` (uint8), read into a fresh buffer (module docstring)."""
+    def _slab(self, name: str, index: int | None) -> tuple[tuple[int, ...], int]:
+        """Shape and byte offset of tensor ``name``, or of its slice ``[index]`` along the first axis."""
         info = self.tensors[name]
-        nbytes = tensor_nbytes(info.shape, info.ggml_type)
+        if index is None:
+            return info.shape, info.offset
+        if not 0 <= index < info.shape[0]:
+            raise IndexError(f"index {index} out of range for tensor {name!r} of shape {list(info.shape)}")
+        shape = info.shape[1:]
+        block = _BLOCKS.get(info.ggml_type, (None,))[0] or _block_size(info.ggml_type)
+        if int(np.prod(shape)) % block:
+            raise GGUFFormatError(f"{self.path}: a slice of {name!r} does not start on a quantisation block")
+        return shape, info.offset + index * tensor_nbytes(shape, info.ggml_type)
+
+    def raw_bytes(self, name: str, index: int | None = None) -> np.ndarray:
+        """The stored bytes of tensor ``name`` (uint8; with ``index`` of its slice along the first axis),
+        read into a fresh buffer (module docstring)."""
+        shape, offset = self._slab(name, index)
+        nbytes = tensor_nbytes(shape, self.tensors[name].ggml_type)
         buf = np.empty(nbytes, dtype=np.uint8)
         with self._lock:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDONLY)
         short = GGUFFormatError(f"{self.path} ended while reading {name!r} (it shrank after it was opened)")
-        pread_exact(self._fd, buf, info.offset, short)
+        pread_exact(self._fd, buf, offset, short)
         return buf
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """Dequantised float32 tensor (numpy row-major shape)."""
-        info = self.tensors[name]
-        n_el = int(np.prod(info.shape))
-        return dequantize(self.raw_bytes(name), 0, n_el, info.ggml_type).reshape(info.shape)
+    def tensor(self, name: str, index: int | None = None) -> torch.Tensor:
+        """Dequantised float32 tensor (numpy row-major shape); with ``index``, its slice ``[index]`` along
+        the first axis (one expert of a 3-D expert tensor), read alone."""
+        shape, _ = self._slab(name, index)
+        n_el = int(np.prod(shape))
+        return dequantize(self.raw_bytes(name, index), 0, n_el, self.tensors[name].ggml_type).reshape(shape)
+
+    def rounding_variance(self, name: str, index: int | None = None) -> torch.Tensor | None:
+        """The variance ``step² / 12`` of each value's rounding error (shape of the tensor, or of its slice
+        ``[index]``), or None when the tensor is not block-quantised (:func:`rounding_steps`)."""
+        shape, _ = self._slab(name, index)
+        steps = rounding_steps(self.raw_bytes(name, index), self.tensors[name].ggml_type)
+        if steps is None:
+            return None
+        return torch.from_numpy(steps[: int(np.prod(shape))] ** 2 / 12.0).reshape(shape)
 
     def close(self) -> None:
         if getattr(self, "_fd", None) is not None:
@@ -278,13 +308,89 @@ def dequantize(mm: np.ndarray, offset: int, n_el: int, ggml_type: int) -> torch.
     return torch.from_numpy(np.ascontiguousarray(ref_dequantize(raw, qt)).reshape(-1).astype(np.float32))
 
 
-def unpermute_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Undo llama.cpp's Q/K row permutation for rotary embeddings.
+# ------------------------------------------------------------------------------------- quantisation noise
+#: block types whose rounding step is read here: f16 scale ``d`` at byte 0 of each 32-value block
+_STEP_AT_0 = {2: 18, 3: 20, 6: 22, 7: 24, 8: 34}  # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: bytes per block
+GGML_Q4_K, GGML_Q5_K, GGML_Q6_K = 12, 13, 14
+QUANT_NAMES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
 
-    llama.cpp's converter stores, within each head, the rows interleaved (pairs) instead of the
-    Hugging Face half-split order. ``w``: ``(n_head * d_head, d)``; ``n_head`` is the number of
-    query heads for Q and of KV heads for K.
+
+def rounding_steps(raw: np.ndarray, ggml_type: int) -> np.ndarray | None:
+    """The rounding step of every stored value of a quantised tensor (float64, one per value, in storage
+    order), or None for a type that is not block-quantised here (F32 / F16 / BF16, or a type this reader
+    has no noise model for). A value rounded to the nearest multiple of its step ``s`` carries a rounding
+    error uniform on ``[-s/2, s/2]``: variance ``s² / 12``.
+
+    Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0: the block's scale ``d`` (32 values). Q4_K / Q5_K: ``d · sc`` of each
+    32-value sub-block (6-bit ``sc``). Q6_K: ``d · scale`` of each 16-value sub-block (8-bit ``scale``).
     """
-    rows = w.shape[0]
-    half = rows // n_head // 2
-    return w.reshape(n_head, half, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+    raw = np.asarray(raw, dtype=np.uint8)
+    if ggml_type in _STEP_AT_0:
+        bs = _STEP_AT_0[ggml_type]
+        d = raw.reshape(-1, bs)[:, :2].copy().view(np.float16).astype(np.float64)[:, 0]
+        return np.repeat(np.abs(d), 32)
+    if ggml_type in (GGML_Q4_K, GGML_Q5_K):
+        from gguf.quants import Q4_K
+
+        bs = 144 if ggml_type == GGML_Q4_K else 176
+        blk = raw.reshape(-1, bs)
+        d = blk[:, :2].copy().view(np.float16).astype(np.float64)
+        sc, _ = Q4_K.get_scale_min(blk[:, 4:16].copy())
+        return np.repeat((np.abs(d) * sc.astype(np.float64)).reshape(-1), 32)
+    if ggml_type == GGML_Q6_K:
+        blk = raw.reshape(-1, 210)
+        scales = blk[:, 192:208].copy().view(np.int8).astype(np.float64)
+        d = blk[:, 208:210].copy().view(np.float16).astype(np.float64)
+        return np.repeat(np.abs(d * scales).reshape(-1), 16)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _add_value(w, key: str, value) -> None:
+    if isinstance(value, bool):
+        w.add_bool(key, value)
+    elif isinstance(value, int):
+        w.add_uint32(key, value) if 0 <= value < 2**32 else w.add_int64(key, value)
+    elif isinstance(value, float):
+        w.add_float32(key, value)
+    elif isinstance(value, str):
+        w.add_string(key, value)
+    elif isinstance(value, (list, tuple)):
+        w.add_array(key, list(value))
+    else:
+        raise TypeError(f"GGUF metadata {key!r}: unsupported value type {type(value).__name__}")
+
+
+def write_gguf(path: str | Path, arch: str, metadata: dict, tensors: dict, qtype: str = "F32") -> Path:
+    """Write a GGUF file (llama.cpp's format, through the ``gguf`` package's writer): ``metadata`` maps full
+    keys (``"llama.block_count"``) to values; ``tensors`` maps names to arrays in PyTorch order (``(out, in)``
+    for a matrix; experts first for a 3-D tensor). Tensors of two or more dimensions whose rows fit the
+    quantisation blocks are stored as ``qtype`` (``F32``, ``F16``, ``Q8_0``, ``Q4_0``, ``Q4_1``, ``Q4_K``, ...),
+    the others as F32. Written under a temporary name and renamed when complete."""
+    import gguf
+    from gguf.quants import quantize
+
+    path = Path(path)
+    qt = getattr(gguf.GGMLQuantizationType, qtype)
+    block = gguf.GGML_QUANT_SIZES[qt][0]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    w = gguf.GGUFWriter(str(tmp), arch)
+    try:
+        for k, v in metadata.items():
+            if k != "general.architecture":
+                _add_value(w, k, v)
+        for name, arr in tensors.items():
+            a = np.ascontiguousarray(np.asarray(arr, dtype=np.float32))
+            if qtype != "F32" and a.ndim >= 2 and a.shape[-1] % block == 0:
+                w.add_tensor(name, quantize(a, qt), raw_dtype=qt)
+            else:
+                w.add_tensor(name, a)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

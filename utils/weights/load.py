@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .random_init import build_random_model
 from .sources import GGUFWeights, HFWeights
 from .specs import download_from_hub, resolve_model
 
@@ -20,14 +21,14 @@ def load_model(
 ):
     """Build the ``transformers`` model and tokenizer for ``spec``; returns ``(model, tokenizer)``.
 
-    Decoders (llama, gpt2 families) load as ``AutoModelForCausalLM``; encoders (bert) as ``AutoModel``.
+    Decoders load as ``AutoModelForCausalLM``; encoders (bert) as ``AutoModel`` (the family table's ``auto_class``).
     The model is in eval mode with gradients off; the tokenizer always has a pad token. GGUF files are
     dequantised by transformers (about 20 s for the bundled model on a 2-core CPU). A ``random:`` spec
     builds the architecture from its configuration with its own seeded initialiser, holding the same
     matrices as ``open_weights(spec)`` (:func:`utils.weights.random_init.build_random_model`).
     """
-    import transformers
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    import transformers  # heavy: imported when a model is loaded, not with utils.weights
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     transformers.logging.set_verbosity_error()
     kind, where = resolve_model(spec)
@@ -37,8 +38,6 @@ def load_model(
     if device_map is not None:
         kw["device_map"] = device_map
     if kind == "random":
-        from .random_init import build_random_model
-
         if device_map is not None:
             raise ValueError("device_map is not supported for random: models; pass device instead")
         model, tok = build_random_model(where, dtype=dtype, attn_implementation=attn_implementation)
@@ -50,8 +49,7 @@ def load_model(
     else:
         folder = download_from_hub(where) if kind == "hub" else Path(where)
         src = HFWeights(folder)
-        cls = AutoModel if src.family == "bert" else AutoModelForCausalLM
-        model = cls.from_pretrained(str(folder), **kw)
+        model = getattr(transformers, src.fam.auto_class).from_pretrained(str(folder), **kw)
         tok = AutoTokenizer.from_pretrained(str(folder))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token

@@ -1,44 +1,38 @@
 """A same-architecture null model: the weights a model had before training (``random:<model>[@seed]``).
 
 :class:`RandomInitWeights` is a :class:`~utils.weights.sources.WeightSource` with the exact
-architecture of a model (its configuration: dimensions, tied embeddings, padding token) whose
-tensors are drawn fresh by the architecture's own initialiser, as ``transformers`` writes it in
-``_init_weights``:
+architecture of a model (its configuration: dimensions, experts, tied embeddings, padding token) whose
+matrices are drawn fresh by the architecture's own initialiser, as ``transformers`` writes it in
+``_init_weights`` for every family of the table (:mod:`utils.weights.families`): every linear weight,
+expert, router and embedding ~ N(0, r) with ``r = config.initializer_range`` (0.02 unless the
+configuration says otherwise); the padding token's row of the token embedding is 0 where the
+architecture declares a padding index; GPT-2's two ``c_proj`` (W_O and W_down) ~ N(0, r / sqrt(2 n_layer)).
+Norm gains are 1 (Gemma: stored 0 for a gain 1 + 0) and biases 0, as transformers initialises them.
 
-=======  ==============================================================================
-family   rule (``r = config.initializer_range``, 0.02 unless the configuration says otherwise)
-=======  ==============================================================================
-llama    every linear weight and the token embedding ~ N(0, r); the padding token's row is 0
-gpt2     every Conv1D weight and both embeddings ~ N(0, r); the two ``c_proj`` (W_O and W_down)
-         ~ N(0, r / sqrt(2 n_layer)) (GPT-2's scaled residual projections)
-bert     every linear weight and both embeddings ~ N(0, r); the padding token's row is 0
-=======  ==============================================================================
-
-Each tensor is generated on demand from its own seed, a hash of the spec's seed and the tensor's
-place (``layers.3.q``, ``W_embed``), so any tensor can be had alone, in any order, always the same:
-a 70B architecture needs the memory of one matrix, not of the model. Only the configuration of the
-named model is read (``config.json``, or the GGUF header); its weights are not needed.
+Each matrix is generated on demand from its own seed, a hash of the spec's seed and the matrix's place
+(``layers.3.q``, ``layers.3.experts.5.up``, ``W_embed``), so any matrix can be had alone, in any order,
+always the same: a 70B architecture needs the memory of one matrix, not of the model. Only the
+configuration of the named model is read (``config.json``, or the GGUF header); its weights are not needed.
 
 :func:`build_random_model` gives the runnable ``transformers`` model (for notebooks that run it):
-built from the configuration with its own initialiser (seeded), then every 2-D matrix replaced by
-the streamed one, so that ``open_weights(spec)`` and ``load_model(spec)`` describe the same network.
+built from the configuration with its own initialiser (seeded), then every matrix replaced by the
+streamed one (read through the family's table against the model's own parameter names), so that
+``open_weights(spec)`` and ``load_model(spec)`` describe the same network.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from .arch import HF_NAMES, family_of, find_prefix, roles_of
-from .sources import GGUFWeights, MatrixRef, WeightSource, dims_from_hf_config
-from .specs import BUNDLED_NAME, RandomSpec, download_from_hub, is_bundled, resolve_model
-
-#: roles whose GPT-2 weight is a ``c_proj`` (scaled by 1 / sqrt(2 n_layer))
-GPT2_SCALED = ("o", "down")
+from .families import family_of
+from .layout import VECTOR_KEYS, Layout, dims_of
+from .sources import GGUFWeights, MatrixRef, WeightSource, folder_config, gguf_config, hf_config, text_config
+from .specs import RandomSpec, download_from_hub, resolve_model
 
 
 def tensor_seed(seed: int, key: str) -> int:
@@ -47,43 +41,9 @@ def tensor_seed(seed: int, key: str) -> int:
     return int.from_bytes(h[:8], "little") & (2**63 - 1)
 
 
-def init_std(family: str, what: str, initializer_range: float, n_layer: int) -> float:
-    """Standard deviation of the initialiser for a role (``q`` ... ``down``) or a model-level weight type."""
-    if family == "gpt2" and what in GPT2_SCALED:
-        return initializer_range / math.sqrt(2 * n_layer)
-    return initializer_range
-
-
-def _hf_config(model_type: str, values: dict):
-    """The ``transformers`` configuration of ``model_type`` with ``values`` (class defaults elsewhere)."""
-    from transformers import AutoConfig
-
-    keep = {k: v for k, v in values.items() if k not in ("model_type", "architectures", "transformers_version")}
-    return AutoConfig.for_model(model_type, **keep)
-
-
-def _gguf_config(src: GGUFWeights):
-    """A ``transformers`` configuration from a GGUF header (the fields the architecture needs)."""
-    g, a, D = src.gguf.get, src.arch, src.dims
-    values = {
-        "hidden_size": D.d,
-        "intermediate_size": D.d_ff,
-        "num_hidden_layers": D.L,
-        "num_attention_heads": D.h,
-        "num_key_value_heads": D.n_kv,
-        "head_dim": D.d_head,
-        "vocab_size": D.V,
-        "rms_norm_eps": g(f"{a}.attention.layer_norm_rms_epsilon", 1e-6),
-        "max_position_embeddings": g(f"{a}.context_length", 2048),
-        "tie_word_embeddings": "output.weight" not in src.gguf.tensors,
-        "pad_token_id": g("tokenizer.ggml.padding_token_id"),
-        "bos_token_id": g("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": g("tokenizer.ggml.eos_token_id"),
-    }
-    theta = g(f"{a}.rope.freq_base")
-    if theta is not None:
-        values["rope_parameters"] = {"rope_type": "default", "rope_theta": float(theta)}
-    return _hf_config(a, {k: v for k, v in values.items() if v is not None})
+def init_std(scaled: bool, initializer_range: float, n_layer: int) -> float:
+    """Standard deviation of the initialiser: ``r``, or ``r / sqrt(2 n_layer)`` for GPT-2's scaled ``c_proj``."""
+    return initializer_range / math.sqrt(2 * n_layer) if scaled else initializer_range
 
 
 class RandomInitWeights(WeightSource):
@@ -92,22 +52,24 @@ class RandomInitWeights(WeightSource):
     kind = "random"
 
     def __init__(self, config, seed: int = 0, name: str | None = None, base: str = ""):
-        cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        if "text_config" in cfg and "num_hidden_layers" not in cfg:
-            cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type")}
-        model_type = str(cfg.get("model_type", "<missing model_type>"))
-        self.family = family_of(model_type, "the configuration of the random: model")
-        self.config = config if hasattr(config, "to_dict") else _hf_config(model_type, cfg)
-        self.model_type = model_type
-        self.dims = dims_from_hf_config(self.config.to_dict(), self.family)
+        if not hasattr(config, "to_dict"):
+            cfg = text_config(dict(config))
+            config = hf_config(str(cfg.get("model_type", "<missing model_type>")), cfg)
+        if hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        self.fam = family_of(getattr(config, "model_type", "<missing model_type>"), "the random: model's configuration")
+        self.family = self.fam.name
+        self.config = config
+        self.model_type = config.model_type
+        self.dims = dims_of(self.fam, config)
+        self.layout = Layout(self.fam, config, None)
         self.seed = int(seed)
         self.base = base
-        self.name = f"random init of {name or model_type} (seed {self.seed})"
-        self.initializer_range = float(getattr(self.config, "initializer_range", None) or 0.02)
+        self.name = name or f"random:{base or self.model_type}@{self.seed}"
+        self.initializer_range = float(getattr(config, "initializer_range", None) or 0.02)
         self.n_layer = self.dims.L
-        pad = getattr(self.config, "pad_token_id", None)
-        self.padding_row = pad if self.family != "gpt2" and isinstance(pad, int) and 0 <= pad < self.dims.V else None
-        self.tied = bool(getattr(self.config, "tie_word_embeddings", self.family == "gpt2"))
+        pad = getattr(config, "pad_token_id", None)
+        self.padding_row = pad if self.fam.embed_padding and isinstance(pad, int) and 0 <= pad < self.dims.V else None
 
     # -- the tensors -------------------------------------------------------------------------
     def generate(self, key: str, shape: tuple[int, int], std: float, zero_row: int | None = None) -> torch.Tensor:
@@ -118,21 +80,39 @@ class RandomInitWeights(WeightSource):
             W[zero_row] = 0.0
         return W
 
-    def _role_name(self, layer: int, role: str) -> str:
-        return f"layers.{layer}.{role}"
+    @staticmethod
+    def _key(layer: int, role: str, expert: int | None) -> str:
+        return f"layers.{layer}.{role}" if expert is None else f"layers.{layer}.experts.{expert}.{role}"
 
-    def _role_tensor(self, layer: int, role: str) -> torch.Tensor:
-        std = init_std(self.family, role, self.initializer_range, self.n_layer)
-        return self.generate(self._role_name(layer, role), self._role_shape(role), std)
+    def _ref(self, layer: int, role: str, expert: int | None) -> MatrixRef:
+        return replace(super()._ref(layer, role, expert), name=self._key(layer, role, expert))
+
+    def _matrix(self, layer: int, role: str, expert: int | None) -> torch.Tensor:
+        std = init_std(role in self.fam.init_scaled and expert is None, self.initializer_range, self.n_layer)
+        return self.generate(self._key(layer, role, expert), self.layout.shape(role, expert), std)
+
+    def layer_vector(self, layer: int, key: str, dtype: torch.dtype | None = torch.float32):
+        """Norm weights and biases as transformers initialises them: gains 1 (Gemma: 0 for 1 + 0), biases 0."""
+        if key not in VECTOR_KEYS:
+            raise KeyError(f"unknown vector {key!r}; one of {', '.join(VECTOR_KEYS)}")
+        return None  # the gains are exactly the norm offset and the biases 0: folding them changes nothing
+
+    def norm_gain(self, layer: int, key: str, dtype: torch.dtype = torch.float64):
+        return None
+
+    def missing(self) -> list[MatrixRef]:
+        return []
 
     def _model_level_shapes(self) -> dict[str, tuple[int, int]]:
-        D, c = self.dims, self.config
+        D, c, table = self.dims, self.config, self.fam.hf_model
         out = {"W_embed": (D.V, D.d)}
-        if self.family == "gpt2":
-            out["W_pos"] = (int(c.n_positions), D.d)
-        elif self.family == "bert":
-            out["W_pos"] = (int(c.max_position_embeddings), D.d)
-        elif not self.tied:
+        if "W_pos" in table:
+            out["W_pos"] = (int(getattr(c, "n_positions", None) or c.max_position_embeddings), D.d)
+        if "W_type" in table:
+            out["W_type"] = (int(c.type_vocab_size), D.d)
+        if "W_pooler" in table:
+            out["W_pooler"] = (D.d, D.d)
+        if "W_unembed" in table and not self.tied:
             out["W_unembed"] = (D.V, D.d)
         return out
 
@@ -141,8 +121,7 @@ class RandomInitWeights(WeightSource):
         if name not in shapes:
             raise KeyError(f"no model-level matrix {name!r} in {self.name} (it has {', '.join(shapes)})")
         zero = self.padding_row if name == "W_embed" else None
-        std = init_std(self.family, name, self.initializer_range, self.n_layer)
-        return self.generate(name, shapes[name], std, zero)
+        return self.generate(name, shapes[name], self.initializer_range, zero)
 
     def _model_level(self) -> list[MatrixRef]:
         return [MatrixRef(wt, -1, wt, shape) for wt, shape in self._model_level_shapes().items()]
@@ -150,81 +129,97 @@ class RandomInitWeights(WeightSource):
     def tensor_names(self) -> list[str]:
         return [m.name for m in self.matrices()]
 
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "seed": self.seed, "base": self.base}
+
     def describe(self):
         import pandas as pd
 
         df = super().describe()
         extra = [
-            ("initialiser", f"N(0, {self.initializer_range:g})" + (", c_proj scaled" if self.family == "gpt2" else "")),
+            ("initialiser", f"N(0, {self.initializer_range:g})" + (", c_proj scaled" if self.fam.init_scaled else "")),
             ("seed", self.seed),
         ]
         return pd.concat([df, pd.DataFrame(extra, columns=df.columns)], ignore_index=True)
 
     # -- the runnable model --------------------------------------------------------------------
     def fill_model(self, model) -> None:
-        """Copy every streamed 2-D matrix into a ``transformers`` model of this architecture."""
+        """Copy every streamed matrix into a ``transformers`` model of this architecture (its parameters
+        located through the family's table, as a checkpoint's tensors are)."""
         params = dict(model.named_parameters())
-        names = HF_NAMES[self.family]
-        p = find_prefix(params, self.family)
+        layout = Layout(self.fam, self.config, params, source="the transformers model")
+        written = 0
         with torch.no_grad():
             for i in range(self.dims.L):
-                for role in roles_of(self.family):
-                    W = self.layer_weight(i, role)
-                    if self.family == "gpt2" and role in ("q", "k", "v"):  # fused Conv1D (d, 3d)
-                        j, d = "qkv".index(role), self.dims.d
-                        params[names.roles["qkv"].format(p=p, i=i)][:, j * d : (j + 1) * d].copy_(W.T)
+                for role, e in layout.layer_roles(i):
+                    loc = layout.locate(i, role, e)
+                    target = params[loc.name]
+                    if loc.index is not None:
+                        target = target[loc.index]
+                    if loc.transpose:
+                        target = target.T
+                    W = self._matrix(i, role, e)
+                    written += W.numel()
+                    if loc.rows is None:
+                        target.copy_(W)
+                    elif loc.rows[0] == "slice":
+                        target[loc.rows[1] : loc.rows[2]].copy_(W)
                     else:
-                        target = params[names.roles[role].format(p=p, i=i)]
-                        target.copy_(W.T if names.conv1d else W)
-            for ref in self._model_level():
-                target = params.get(names.embeddings[ref.weight_type].format(p=p))
-                if target is not None:
-                    target.copy_(self.load(ref))
+                        target[torch.as_tensor(loc.rows[1])] = W
+            for wt, n in layout.model_level(self.tied):
+                params[n].copy_(self._raw(wt))
+                written += params[n].numel()
+        total = sum(p.numel() for p in params.values() if p.ndim >= 2)
+        if written != total:  # a matrix the table did not place: never leave the architecture's draw silently
+            raise RuntimeError(
+                f"random init of {self.name}: {written} of the model's {total} matrix elements were set from the "
+                "streamed matrices; the family table misses a tensor name (utils/weights/families.py)"
+            )
 
 
 def random_config(rs: RandomSpec):
     """``(transformers config, display name)`` of the model a ``random:`` spec names (weights not read)."""
     kind, where = resolve_model(rs.base)
     if kind == "gguf":
-        src = GGUFWeights(where, name=BUNDLED_NAME if is_bundled(rs.base) else None)
-        return _gguf_config(src), src.name
+        src = GGUFWeights(where)
+        return gguf_config(src.gguf)[1], rs.base
     folder = download_from_hub(where, weights=False) if kind == "hub" else Path(where)
-    cfg_path = folder / "config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON ({e}); fix or re-download the checkpoint") from e
-    name = where if kind == "hub" else cfg.get("_name_or_path") or folder.name
-    if "text_config" in cfg and "num_hidden_layers" not in cfg:
-        cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type")}
-    model_type = cfg.get("model_type", "<missing model_type>")
-    family_of(model_type, str(cfg_path))
-    return _hf_config(model_type, cfg), (name if not str(name).startswith(("/", ".")) else folder.name)
+    return folder_config(folder)[1], rs.base
 
 
-def open_random(rs: RandomSpec) -> RandomInitWeights:
-    """The :class:`RandomInitWeights` of a parsed ``random:`` spec."""
-    cfg, name = random_config(rs)
+def open_random(rs: RandomSpec, name: str | None = None) -> RandomInitWeights:
+    """The :class:`RandomInitWeights` of a parsed ``random:`` spec (named ``name``, the spec as given)."""
+    cfg, _ = random_config(rs)
     return RandomInitWeights(cfg, seed=rs.seed, name=name, base=rs.base)
 
 
-def build_random_model(rs: RandomSpec, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
-    """``(model, tokenizer)`` for a ``random:`` spec: the architecture built from its configuration
-    with its own initialiser (``torch.manual_seed(seed)``), every 2-D matrix then set to the one
-    :class:`RandomInitWeights` streams; the tokenizer is the named model's."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+def random_model(rs: RandomSpec, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
+    """The runnable ``transformers`` model of a ``random:`` spec: the architecture built from its configuration
+    with its own initialiser (``torch.manual_seed(seed)``), every matrix then set to the one
+    :class:`RandomInitWeights` streams."""
+    import transformers
 
     src = open_random(rs)
     kw = {"dtype": dtype}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
     torch.manual_seed(src.seed)
-    cls = AutoModel if src.family == "bert" else AutoModelForCausalLM
-    model = cls.from_config(src.config, **kw)
+    model = getattr(transformers, src.fam.auto_class).from_config(src.config, **kw)
     src.fill_model(model)
+    return model
+
+
+def build_random_model(rs: RandomSpec, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
+    """``(model, tokenizer)`` for a ``random:`` spec (:func:`random_model`); the tokenizer is the named model's."""
+    from transformers import AutoTokenizer
+
+    model = random_model(rs, dtype, attn_implementation)
     kind, where = resolve_model(rs.base)
     if kind == "gguf":
         tok = AutoTokenizer.from_pretrained(str(Path(where).parent), gguf_file=Path(where).name)
     else:
         tok = AutoTokenizer.from_pretrained(str(download_from_hub(where, weights=False) if kind == "hub" else where))
     return model, tok
+
+
+__all__ = ["RandomInitWeights", "build_random_model", "open_random", "random_config", "random_model", "tensor_seed"]

