@@ -41,7 +41,7 @@ def exit_with_parent(stage: Path, kernel_dir: Path, poll_s: float = POLL_S) -> t
     def watch():
         while os.getppid() == parent:
             time.sleep(poll_s)
-        kill_kernel(stage)
+        kill_kernel(stage, kernel_dir)
         shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(kernel_dir, ignore_errors=True)
         os._exit(ORPHAN_EXIT)

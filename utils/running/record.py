@@ -77,7 +77,8 @@ class Run:
             self._claim = claim_run(self.final_dir, root, what, takeover=True, group=self.group)
             stage = self._claim.stage
         self.dir = Path(stage)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.dir.is_dir():  # never re-created here: a runner that stopped has removed it on purpose
+            raise FileNotFoundError(f"the run's staging folder {self.dir} is gone: the runner that started it stopped")
         self.params = dict(params)
         self.timings: dict[str, float] = {}
         self.files: list[str] = []

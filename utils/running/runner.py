@@ -187,23 +187,35 @@ def remove_stale_kernel_dirs() -> None:
                 shutil.rmtree(d, ignore_errors=True)
 
 
-def kill_kernel(stage: Path) -> None:
-    """Stop the kernel recorded in the staging folder if it still runs (after an interrupt or a failure)."""
-    try:
+def _kernel_pids(stage: Path, kernel_dir: Path | None) -> set[int]:
+    """The run's kernel: the pid its record names, and any process started with a connection file in the
+    run's kernel folder (a kernel that has not opened its record yet)."""
+    pids = set()
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         pid = int(json.loads((stage / "run.json").read_text())["pid"])
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if b"ipykernel" not in cmd:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        deadline = time.monotonic() + 3.0
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        while process_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not process_alive(pid):
-            return
+        if b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            pids.add(pid)
+    if kernel_dir is not None:
+        key = str(kernel_dir).encode()
+        for proc in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError, ValueError):
+                if key in proc.joinpath("cmdline").read_bytes() and int(proc.name) != os.getpid():
+                    pids.add(int(proc.name))
+    return pids
+
+
+def kill_kernel(stage: Path, kernel_dir: Path | None = None) -> None:
+    """Stop the run's kernel if it still runs (after an interrupt, a failure, or the runner's death), before
+    its staging folder is removed: a kernel left running would write into it again."""
+    for pid in _kernel_pids(stage, kernel_dir):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            deadline = time.monotonic() + 3.0
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            while process_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not process_alive(pid):
+                break
 
 
 def _mark_notebook(path: Path, status: str, signum: int | None) -> None:
@@ -332,7 +344,7 @@ def execute_context(ctx: RunContext, replace: bool = False, timeout=None, progre
                     rc = sup.wait(proc)
             except BaseException:  # the runner itself failed: leave nothing behind
                 sup.send(signal.SIGKILL)
-                kill_kernel(stage)
+                kill_kernel(stage, kdir)
                 shutil.rmtree(stage, ignore_errors=True)
                 raise
             error = None
@@ -347,7 +359,7 @@ def execute_context(ctx: RunContext, replace: bool = False, timeout=None, progre
                 except (OSError, ValueError):
                     error = {"ename": "ExecutionError", "evalue": f"the notebook process exited with code {rc}"}
             if status != "complete":
-                kill_kernel(stage)
+                kill_kernel(stage, kdir)
             if status == "interrupted" and not (stage / "run.json").is_file():  # no cell of the notebook ran
                 shutil.rmtree(stage, ignore_errors=True)
                 name = signal.Signals(sup.signal).name

@@ -472,9 +472,10 @@ def _interrupt(client, sweep_id, futures, rows, done_q, take, bar, signals) -> N
     take([])
 
 
-def settle_stages(finals: list[Path], timeout: float = 5.0) -> int:
-    """Remove staging folders and lock files left by runs whose processes are gone (a killed worker's run
-    stops its kernel and removes its own staging folder within a second or two); returns how many remain."""
+def settle_stages(finals: list[Path], timeout: float = 15.0) -> int:
+    """Remove staging folders and lock files left by runs whose processes are gone, waiting for those whose
+    notebook process still lives (a killed worker's run stops its kernel, within a few seconds, and removes
+    its own staging folder); returns how many remain."""
     deadline = time.monotonic() + timeout
     while True:
         left = sum(not settle(f) for f in finals if f.parent.is_dir())
