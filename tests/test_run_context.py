@@ -123,6 +123,12 @@ def test_an_output_root_that_cannot_be_a_folder_is_one_clear_refusal(tmp_path):
         assert "Traceback" not in out.stderr and "choose another --output-root" in out.stderr
         with pytest.raises(OutputRootError):
             execute(TINY, "r", {}, str(root))
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: s\nruns:\n  - notebook: {TINY}\n")
+    for args in (["--dry-run"], []):
+        out = subprocess.run([sys.executable, "-m", "utils.sweep", str(sweep), "--output-root", str(afile), *args],
+                             capture_output=True, text=True, cwd=REPO_ROOT)  # fmt: skip
+        assert out.returncode == 2 and f"{afile} is a file" in out.stderr and "Traceback" not in out.stderr
     assert afile.read_text() == "not a folder" and not Path("/sys/tspectra-out").exists()
 
 
