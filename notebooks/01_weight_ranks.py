@@ -27,13 +27,13 @@
 model: str = "smollm2"  # bundled default, or a .gguf path, an HF checkpoint dir, or a hub id
 run_name: str = "default"  # results go to output/<notebook>/<run_name>/
 output_root: str = "output"  # results root; a relative path is taken from the project root
-layer_idx: int = -1  # layer for the down-projection variance analysis; negative counts from the end
+layer_idx: int = -1  # layer for the down-projection variance analysis; negative counts from the end {layer of model}
 device: str = "auto"  # auto (GPU when present), cpu, cuda or cuda:N
 include_embeddings: bool = True  # also analyse the token and position embeddings and an untied LM head
 null_model: bool = True  # also take the spectrum of every matrix with its entries permuted (the null)
 null_seed: int = 0  # seed of the permuted null (each matrix derives its own from it)
-n_boot: int = 30  # bootstrap replicates for the interval of the power-law alpha (0 skips)
-precision: str = "auto"  # auto (float64 Gram on the CPU, float32 SVD on a GPU), float64, or float32 (faster, less exact)
+n_boot: int = 30  # bootstrap replicates for the interval of the power-law alpha (0 skips) {0..}
+precision: str = "auto"  # auto (float64 Gram on the CPU, float32 SVD on a GPU), float64, or float32 (faster, less exact) {auto, float64, float32}
 resume: bool = True  # keep per-matrix results in the output root cache and reuse them (an interrupted sweep continues)
 
 # %%
@@ -44,7 +44,7 @@ from utils.running import start_run
 from utils.spectral import svdvals
 from utils.weights import open_weights
 
-run = start_run("01_weight_ranks", globals(), nonnegative=("n_boot",), choices={"precision": weight_ranks.PRECISIONS})
+run = start_run("01_weight_ranks", globals())
 with run.timer("open weights"):
     src = open_weights(model)
 layer = src.layer_index(layer_idx)

@@ -40,17 +40,17 @@
 model: str = "smollm2"  # bundled default, or a .gguf path, an HF checkpoint dir, or a hub id
 run_name: str = "default"  # results go to output/<notebook>/<run_name>/
 output_root: str = "output"  # results root; a relative path is taken from the project root
-layer_idx: int = -1  # layer for the single-head analysis; negative counts from the end
-head_idx: int = 0  # query head for the single-head analysis, 0 .. h-1
+layer_idx: int = -1  # layer for the single-head analysis; negative counts from the end {layer of model}
+head_idx: int = 0  # query head for the single-head analysis, 0 .. h-1 {head of model}
 include_ov: bool = True  # also analyse the OV circuits W_O,i W_V,g
 device: str = "cpu"  # cpu, cuda, cuda:N or auto (GPU when present) for the float64 decompositions
-top_k: int = 20  # rows of the top-eigenvalue table
-dense_check_max_d: int = 4096  # dense d x d check of the chosen head when d is at most this (0 skips)
+top_k: int = 20  # rows of the top-eigenvalue table {1..}
+dense_check_max_d: int = 4096  # dense d x d check of the chosen head when d is at most this (0 skips) {0..}
 null_model: bool = True  # compare every head with a permuted null (entries permuted; residual for composition)
 null_seed: int = 0  # seed of the permuted nulls
 composition: bool = True  # Q-, K-, V-composition scores between every pair of heads in different layers
-top_pairs: int = 10  # rows per composition in the top-pairs table
-kernel: str = "raw"  # raw (products of the checkpoint's weights) or folded (the form on the normalised stream)
+top_pairs: int = 10  # rows per composition in the top-pairs table {1..}
+kernel: str = "raw"  # raw (products of the checkpoint's weights) or folded (the form on the normalised stream) {raw, folded}
 
 # %%
 import numpy as np
@@ -62,8 +62,7 @@ from utils.running.params import check_index
 from utils.spectral.null import PermutedWeights
 from utils.weights import open_weights
 
-run = start_run("02_attention_kernels", globals(), positive=("top_k", "top_pairs"), nonnegative=("dense_check_max_d",),
-                choices={"kernel": attention.KERNELS})
+run = start_run("02_attention_kernels", globals())
 src = open_weights(model)
 D = src.dims
 layer = check_index("layer_idx", layer_idx, D.L, "layers")

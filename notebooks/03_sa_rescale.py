@@ -37,27 +37,25 @@ model: str = "smollm2"  # bundled default, or a .gguf path, an HF checkpoint dir
 run_name: str = "default"  # results go to output/<notebook>/<run_name>/
 output_root: str = "output"  # results root; a relative path is taken from the project root
 geometry_json: str = ""  # path of a geometry JSON (seed 003 schema) made elsewhere; if set, no model is loaded
-anchor: str = "last"  # anchor layer: last, middle or best (highest total shape cosine to all layers)
+anchor: str = "last"  # anchor layer: last, middle or best (highest total shape cosine to all layers) {last, middle, best}
 text_path: str = ""  # UTF-8 text file for the attention entropies; empty: the shipped sample passage
-seq_len: int = 128  # tokens per sequence (before the special tokens of the tokenizer)
-n_seqs: int = 16  # number of consecutive text chunks to run (fewer if the text is shorter)
-skip_first: int = 1  # query positions excluded from the entropy average (position 0 has entropy 0)
-batch_size: int = 4  # sequences per forward pass
-rank_k_max: int = 4  # largest k of the rank-k correction follow-up (0 skips it)
-n_boot: int = 2000  # bootstrap resamples over heads for the correlation intervals
+seq_len: int = 128  # tokens per sequence (before the special tokens of the tokenizer) {1..}
+n_seqs: int = 16  # number of consecutive text chunks to run (fewer if the text is shorter) {1..}
+skip_first: int = 1  # query positions excluded from the entropy average (position 0 has entropy 0) {0..}
+batch_size: int = 4  # sequences per forward pass {1..}
+rank_k_max: int = 4  # largest k of the rank-k correction follow-up (0 skips it) {0..}
+n_boot: int = 2000  # bootstrap resamples over heads for the correlation intervals {0..}
 boot_seed: int = 0  # seed of the bootstrap
-heads_to_plot: int = 4  # heads whose spectral shapes across layers are drawn
-kernel: str = "raw"  # raw (products of the checkpoint's weights) or folded (the form on the normalised stream)
+heads_to_plot: int = 4  # heads whose spectral shapes across layers are drawn {1..}
+kernel: str = "raw"  # raw (products of the checkpoint's weights) or folded (the form on the normalised stream) {raw, folded}
 
 # %%
-from utils import attention, explore, plots, rescale
+from utils import explore, plots, rescale
 from utils.rescale import tables
 from utils.running import start_run
 from utils.running.params import ParameterError, check_file
 
-run = start_run("03_sa_rescale", globals(), positive=("seq_len", "n_seqs", "batch_size", "heads_to_plot"),
-                nonnegative=("skip_first", "rank_k_max", "n_boot"),
-                choices={"anchor": rescale.ANCHORS, "kernel": attention.KERNELS})
+run = start_run("03_sa_rescale", globals())
 if skip_first >= seq_len:
     raise ParameterError(f"skip_first={skip_first} must be smaller than seq_len={seq_len}")
 if geometry_json:

@@ -36,35 +36,35 @@ data: str = "auto"  # auto (the shared SQuAD sample when present, else synthetic
 checkpoint: str = "auto"  # saved compressor folder to evaluate without training; auto is the shipped one for smollm2; empty trains here
 ratios: str = "4,10,6"  # compression ratios r (M is the context length over r, rounded up), most decisive first
 seeds: str = "0"  # training seeds, comma separated (the acceptance run uses 0,1,2)
-min_eval_questions: int = 900  # whole articles go to evaluation until this many questions (SQuAD files)
+min_eval_questions: int = 900  # whole articles go to evaluation until this many questions (SQuAD files) {1..}
 dev_articles: int = 1  # training-side articles held out as the dev split
 split_seed: int = 0  # order in which articles are drawn for evaluation
-max_eval_contexts: int = 20  # evaluate all questions of at most this many contexts (0 for all; keeps make run short)
-max_train_contexts: int = 0  # train on at most this many training-side contexts (0 for all)
+max_eval_contexts: int = 20  # evaluate all questions of at most this many contexts (0 for all; keeps make run short) {0..}
+max_train_contexts: int = 0  # train on at most this many training-side contexts (0 for all) {0..}
 n_train_paragraphs: int = 200  # synthetic data only: training paragraphs
 n_eval_paragraphs: int = 60  # synthetic data only: evaluation paragraphs
 system_prompt: str = "Extract the answer from the context. Reply with the answer words only.\nExample: Context: Tom Hill lives in Rome. Ada Park plays the flute every evening.\nQuestion: Which instrument does Ada Park play?\nAnswer: flute"  # shared scaffold, one-shot
 anchor_text: str = "Answer:"  # anchor string that ends every prompt
-max_new_tokens: int = 8  # greedy decoding length
+max_new_tokens: int = 8  # greedy decoding length {1..}
 hidden_layers: str = "0,8"  # reader layers read by the compressors (0 is the token embeddings)
 echo: bool = False  # read hidden states of a second copy of the context
-d_enc: int = 192  # compressor trunk width
-enc_layers: int = 1  # compressor trunk transformer layers
+d_enc: int = 192  # compressor trunk width {1..}
+enc_layers: int = 1  # compressor trunk transformer layers {1..}
 tau: float = 0.5  # pooling softmax temperature
-salience_steps: int = 300  # label steps (token labels, no reader pass)
-recall_steps: int = 100  # reader steps of span-recall and cloze pretraining on training-side text
-qa_steps: int = 200  # reader steps of QA fine-tuning (cross-entropy and distillation)
-train_batch_size: int = 8  # training batch size
+salience_steps: int = 300  # label steps (token labels, no reader pass) {0..}
+recall_steps: int = 100  # reader steps of span-recall and cloze pretraining on training-side text {0..}
+qa_steps: int = 200  # reader steps of QA fine-tuning (cross-entropy and distillation) {0..}
+train_batch_size: int = 8  # training batch size {1..}
 lr: float = 0.0003  # AdamW learning rate of the reader steps
 salience_lr: float = 0.002  # learning rate of the label steps
 w_kd: float = 1.0  # weight of the distillation from the reader reading the full context
-kd_topk: int = 32  # teacher logits cached per answer position
-K: int = 4  # answer tokens distilled
+kd_topk: int = 32  # teacher logits cached per answer position {1..}
+K: int = 4  # answer tokens distilled {1..}
 w_salience: float = 0.5  # weight of the token-label loss during reader steps
-recall_per_context: int = 6  # recall pseudo-questions per training context
-n_boot: int = 2000  # bootstrap resamples (whole contexts)
+recall_per_context: int = 6  # recall pseudo-questions per training context {0..}
+n_boot: int = 2000  # bootstrap resamples (whole contexts) {0..}
 device: str = "cpu"  # cpu, cuda, cuda:N or auto
-budget_s: float = 0.0  # wall-clock budget in seconds: no new seed or mode starts after it (0 for none; resume continues)
+budget_s: float = 0.0  # wall-clock budget in seconds: no new seed or mode starts after it (0 for none; resume continues) {0..}
 resume: bool = False  # resume from the earlier attempt of this run name (checkpoints and finished modes)
 
 # %%
@@ -82,11 +82,7 @@ from utils.running import start_run
 from utils.running.params import ParameterError, check_file
 from utils.weights import load_model
 
-run = start_run("04_latent_compression_eval", globals(),
-                positive=("max_new_tokens", "train_batch_size", "K", "kd_topk", "d_enc", "enc_layers",
-                          "min_eval_questions"),
-                nonnegative=("budget_s", "n_boot", "max_train_contexts", "salience_steps", "recall_steps", "qa_steps",
-                             "max_eval_contexts", "recall_per_context"))
+run = start_run("04_latent_compression_eval", globals())
 ratio_list = [float(x) for x in ratios.split(",") if x.strip()]
 seed_list = [int(x) for x in seeds.split(",") if x.strip()]
 if not ratio_list or min(ratio_list) <= 1:

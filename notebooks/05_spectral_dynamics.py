@@ -33,19 +33,19 @@ checkpoints_dir: str = ""  # empty: train the GPT-2 config below from scratch; o
 run_name: str = "default"  # results go to output/<notebook>/<run_name>/
 output_root: str = "output"  # results root; a relative path is taken from the project root
 merged_file: str = ""  # an existing merged spectral HDF5 file (seed layout) to plot instead of training
-n_runs: int = 3  # training runs, with seeds seed, seed+1, ...
+n_runs: int = 3  # training runs, with seeds seed, seed+1, ... {1..}
 seed: int = 0  # seed of the first run
 n_layer: int = 4  # transformer blocks
 n_embd: int = 64  # model width d
 n_head: int = 4  # attention heads
 block_size: int = 64  # context length (bytes)
 batch_size: int = 16  # sequences per optimiser step
-n_steps: int = 300  # optimiser steps per run
+n_steps: int = 300  # optimiser steps per run {1..}
 lr: float = 2e-3  # AdamW peak learning rate (warmup, then cosine to lr/10)
-record_every: int = 25  # record spectra every this many steps (and at step 0 and the last step)
-text_chars: int = 1000000  # characters of offline training text (installed packages' docs and licences)
-top_k: int = 4  # how many top singular values to plot against step
-n_threads: int = 1  # torch CPU threads (1 is fastest on a small shared CPU)
+record_every: int = 25  # record spectra every this many steps (and at step 0 and the last step) {1..}
+text_chars: int = 1000000  # characters of offline training text (installed packages' docs and licences) {1..}
+top_k: int = 4  # how many top singular values to plot against step {1..}
+n_threads: int = 1  # torch CPU threads (1 is fastest on a small shared CPU) {1..}
 
 # %%
 from pathlib import Path
@@ -61,8 +61,7 @@ from utils.dynamics.tiny_gpt import TinyGPTConfig
 from utils.running import start_run
 from utils.running.params import check_file
 
-run = start_run("05_spectral_dynamics", globals(),
-                positive=("n_runs", "n_steps", "record_every", "top_k", "n_threads", "text_chars"))
+run = start_run("05_spectral_dynamics", globals())
 if merged_file:
     check_file("merged_file", merged_file, "merged spectral HDF5 file")
 elif checkpoints_dir and not Path(checkpoints_dir).is_dir():

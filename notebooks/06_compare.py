@@ -28,14 +28,14 @@ sweep: str = ""  # sweep name: compare every run under output/<notebook>/<sweep>
 runs: str = ""  # or a comma-separated list of run folders, absolute or relative to the output root (both empty: the runs named like run_name)
 run_name: str = "default"  # results go to output/<notebook>/<run_name>/
 output_root: str = "output"  # results root; a relative path is taken from the project root
-max_dynamics_weights: int = 12  # weights drawn in the spectral-dynamics panel
+max_dynamics_weights: int = 12  # weights drawn in the spectral-dynamics panel {1..}
 
 # %%
 from utils import compare, plots
 from utils.running import output_root as resolve_root
 from utils.running import start_run
 
-run = start_run("06_compare", globals(), positive=("max_dynamics_weights",))
+run = start_run("06_compare", globals())
 found = compare.find_runs(resolve_root(output_root), sweep, runs, run_name)
 run.save_csv(found.drop(columns=["params"]), "runs.csv")
 run.show(compare.runs_table(found))

@@ -31,17 +31,17 @@ model: str = "smollm2"  # model A (the base): bundled default, a .gguf path, an 
 model_b: str = "random:smollm2"  # model B: any spec of the same architecture; default the same network at initialisation
 run_name: str = "default"  # results go to output/<notebook>/<run_name>/
 output_root: str = "output"  # results root; a relative path is taken from the project root
-top_k: int = 16  # singular directions whose subspaces are compared by principal angles
+top_k: int = 16  # singular directions whose subspaces are compared by principal angles {1..}
 heads: bool = True  # also compare the QK / OV spectra and symmetry of every head
-top_layers: int = 10  # rows of the most-changed-layers table
-kernel: str = "raw"  # head kernels: raw (products of the checkpoint's weights) or folded (the form on the normalised stream)
+top_layers: int = 10  # rows of the most-changed-layers table {1..}
+kernel: str = "raw"  # head kernels: raw (products of the checkpoint's weights) or folded (the form on the normalised stream) {raw, folded}
 
 # %%
 from utils import attention, diff, explore, plots
 from utils.running import start_run
 from utils.weights import open_weights
 
-run = start_run("07_model_diff", globals(), positive=("top_k", "top_layers"), choices={"kernel": attention.KERNELS})
+run = start_run("07_model_diff", globals())
 a, b = open_weights(model), open_weights(model_b)
 pairs = diff.match_models(a, b)
 run.show(f"A: {a.name}; B: {b.name}; {len(pairs)} matched matrices.")

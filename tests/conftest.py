@@ -161,6 +161,22 @@ def tiny_llama_dir(tiny_model_dirs) -> Path:
 
 
 @pytest.fixture(scope="session")
+def nan_llama_dir(tiny_model_dirs, tmp_path_factory) -> Path:
+    """The tiny llama with one NaN in layer 0's W_Q: it opens (shapes, headers, layer count are sound) and
+    every analysis of it fails inside the notebook, naming the non-finite entry."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("nan_model") / "llama"
+    shutil.copytree(tiny_model_dirs["llama"], folder)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.0.self_attn.q_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2_dir(tiny_model_dirs) -> Path:
     return tiny_model_dirs["gpt2"]
 
@@ -185,6 +201,9 @@ def squad_sample() -> Path:
     if not SQUAD_SAMPLE.is_file():
         pytest.skip(f"real SQuAD sample not present at {SQUAD_SAMPLE}")
     return SQUAD_SAMPLE
+
+
+TINY_NOTEBOOK = REPO_ROOT / "tests" / "notebooks" / "99_tiny.py"  # a notebook that sleeps and writes files
 
 
 def run_notebook_smoke(notebook_stem: str, params: dict, tmp_path: Path, run_name: str = "smoke") -> Path:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -55,3 +59,27 @@ def slow_frobenius(W, ref, S) -> dict:
 
     time.sleep(float(os.environ.get("TSPECTRA_TEST_HOOK_SLEEP", "0")))
     return {"frob_direct": float(np.linalg.norm(W.double().numpy())), "inf_col": float("inf")}
+
+
+def default_sigint():
+    """``preexec_fn`` for a child that must die of SIGINT as a terminal's child would (a test runner may
+    ignore SIGINT, and the child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def hidden_files(root: Path) -> list[str]:
+    """Staging folders, lock files and temp files anywhere under ``root``."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*"))
+
+
+def wait_for(cond, timeout: float = 180.0, what: str = "the condition", proc: subprocess.Popen | None = None):
+    """Poll ``cond`` until it returns something true (returned); fail when ``proc`` ends first, or on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (code {proc.returncode}) before {what}: {proc.communicate()}")
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

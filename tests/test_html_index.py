@@ -88,3 +88,14 @@ def test_index_links_every_run_and_reports_embed_their_figures(tmp_path):
         assert "One line falling." in " ".join(rep.text)
     rec = json.loads((b / "run.json").read_text())
     assert rec["group"] == "sw" and b == tmp_path / "01_weight_ranks" / "sw" / "model=random-smollm2"
+
+
+def test_index_labels_models_as_given_and_never_alike(tmp_path):
+    """Issue 21, item 5: the index labels each run's model by the spec it recorded, shortened only as far as it
+    stays unique among the runs listed; the full spec is kept in the cell's title."""
+    _run(tmp_path, "a", {"model": "/w/runs/a/final"})
+    _run(tmp_path, "b", {"model": "/w/runs/b/final"})
+    _run(tmp_path, "c", {"model": "/w/x/model"})
+    assert {r["run"]: r["label"] for r in collect_runs(tmp_path)} == {"a": "a/final", "b": "b/final", "c": "x/model"}
+    page = write_index_html(tmp_path).read_text()
+    assert "<code title='/w/runs/a/final'>a/final</code>" in page and ">b/final</code>" in page

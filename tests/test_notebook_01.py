@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import REPO_ROOT, run_notebook_smoke
 
-from utils.running.runner import NotebookFailed, list_params
+from utils.running.runner import list_params
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
@@ -57,39 +57,45 @@ def test_notebook_01_runs_on_each_family(tiny_model_dirs, tmp_path, family):
     assert rec["status"] == "complete"
 
 
-def test_layer_out_of_range_fails_clearly_and_writes_no_results(tiny_llama_dir, tmp_path):
-    with pytest.raises(NotebookFailed, match=r"IndexError: layer index 7 is out of range.*L=3") as e:
+def test_layer_out_of_range_is_refused_clearly_and_writes_nothing(tiny_llama_dir, tmp_path):
+    """The rule {layer of model} is checked before anything is created (issue 21, item 12)."""
+    with pytest.raises(ValueError, match=r"layer_idx=7 is out of range: .* has 3 layers \(use 0\.\.2"):
         run_notebook_smoke("01_weight_ranks", {"model": str(tiny_llama_dir), "layer_idx": 7}, tmp_path)
-    run_dir = e.value.notebook.parent
-    assert e.value.notebook.exists()  # executed notebook kept with the error visible
-    assert not (run_dir / "weight_ranks.csv").exists() and not (run_dir / "report.md").exists()
-    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_model_path_and_unknown_parameter(tmp_path):
-    with pytest.raises(NotebookFailed, match="model path not found"):
+    with pytest.raises(ValueError, match="model path not found"):
         run_notebook_smoke("01_weight_ranks", {"model": str(tmp_path / "missing")}, tmp_path)
     with pytest.raises(ValueError, match="unknown parameter.*layer_index"):
         run_notebook_smoke("01_weight_ranks", {"layer_index": 3}, tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_lists_params_and_exits_nonzero_on_failure(tmp_path):
+def test_cli_lists_params_and_exits_nonzero_on_failure(tmp_path, nan_llama_dir):
     names = [p["name"] for p in list_params("01_weight_ranks")]
     assert names[:3] == ["model", "run_name", "output_root"] and "layer_idx" in names
     cli = [sys.executable, "-m", "utils.run_notebook"]
     out = subprocess.run(cli + ["01", "--list-params"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert out.returncode == 0 and "| layer_idx | int | -1 |" in out.stdout
-    bad = subprocess.run(
+    refused = subprocess.run(
         cli + ["01", "--run-name", "x", "--output-root", str(tmp_path), "-p", "model", str(tmp_path / "nope")],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
     )
-    assert bad.returncode == 1 and "model path not found" in bad.stderr
+    assert refused.returncode == 2 and "model path not found" in refused.stderr and list(tmp_path.iterdir()) == []
+    bad = subprocess.run(  # a model that opens but holds a NaN: the notebook fails
+        cli + ["01", "--run-name", "x", "--output-root", str(tmp_path), "-p", "model", str(nan_llama_dir)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert bad.returncode == 1 and "NaN/Inf" in bad.stderr
     failed = tmp_path / "01_weight_ranks" / "x.failed"
     assert (failed / "01_weight_ranks.ipynb").exists() and not (tmp_path / "01_weight_ranks" / "x").exists()
     rec = json.loads((failed / "run.json").read_text())
-    assert rec["status"] == "failed" and "model path not found" in rec["error"]["evalue"]
+    assert rec["status"] == "failed" and "NaN/Inf" in rec["error"]["evalue"]
 
 
 def test_every_notebook_has_one_typed_parameters_cell():

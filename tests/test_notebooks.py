@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -85,7 +86,7 @@ def test_parameters_cell_parsing_and_errors():
         ("0", False),
         (0, False),
         (1, True),
-        ("yes", True),
+        (" true ", True),
         (True, True),
     ],
 )
@@ -99,10 +100,19 @@ def test_bool_parameters_accept_true_false_one_zero(value, expected):
         ("bool", "banana"),
         ("bool", 2),
         ("bool", "2"),
+        ("bool", "yes"),  # issue 21, item 14: the README says true/false/1/0
+        ("bool", "no"),
+        ("int", "1_000"),
+        ("int", "٣"),  # an Arabic-Indic digit, which int() takes
+        ("int", "²"),
         ("int", "1.5"),
         ("int", 2.5),
         ("int", True),
         ("float", "x"),
+        ("float", "nan"),
+        ("float", "inf"),
+        ("float", float("nan")),
+        ("float", "1_0.5"),
         ("float", False),
         ("str", None),
     ],
@@ -118,6 +128,66 @@ def test_numbers_and_strings_convert_to_the_declared_type():
     assert coerce_value("n", "int", 4.0) == 4
     with pytest.raises(ParameterError, match="unknown parameter.*zz.*n, r, s"):
         coerce_all(declared, {"zz": 1})
+
+
+def test_rules_declared_beside_the_parameters():
+    """Issue 21, item 12: choices and bounds are declared once, in the comment, and checked on conversion."""
+    src = (
+        'anchor: str = "last"  # anchor layer {last, middle, best}\n'
+        "n: int = 2  # count {1..}\n"
+        "k: int = 0  # skips {0..}\n"
+        "r: int = 4  # ratio {4, 6, 10}\n"
+        "tau: float = 0.5  # temperature {> 0, ..1}\n"
+        'model: str = "smollm2"  # the model\n'
+        "layer_idx: int = -1  # a layer {layer of model}\n"
+        'mode: str = ""  # a mode {"", "a, b"}\n'
+        "lr: float = 0.1  # no rule (a brace {inside} the text is no rule) here\n"
+    )
+    ps = {p.name: p for p in parse_parameters(src)}
+    assert ps["anchor"].rule.choices == ("last", "middle", "best") and ps["anchor"].help.endswith(
+        "{last, middle, best}"
+    )
+    assert ps["r"].rule.choices == (4, 6, 10) and ps["mode"].rule.choices == ("", "a, b")
+    assert ps["n"].rule.bounds == ((">=", 1.0),) and ps["tau"].rule.bounds == ((">", 0.0), ("<=", 1.0))
+    assert ps["layer_idx"].rule.index == ("layer", "model") and ps["lr"].rule is None
+    assert ps["r"].convert("6") == 6 and ps["tau"].convert("1") == 1.0 and ps["k"].convert(0) == 0
+    for name, value, msg in (
+        ("anchor", "bogus", "anchor must be one of 'last', 'middle', 'best'; got 'bogus'"),
+        ("n", "0", "n must be at least 1; got 0"),
+        ("k", -5, "k must be at least 0; got -5"),
+        ("r", 5, "r must be one of 4, 6, 10; got 5"),
+        ("tau", 0, "tau must be greater than 0 and at most 1; got 0.0"),
+        ("tau", 1.5, "at most 1; got 1.5"),
+    ):
+        with pytest.raises(ParameterError, match=re.escape(msg)):
+            ps[name].convert(value)
+    for bad, msg in (
+        ("n: int = 0  # count {1..}", "the default of n breaks its own rule"),
+        ("n: int = 1  # count {}", "the rule {} of n is empty"),
+        ('s: str = "a"  # text {1..}', "bounds need an int or float"),
+        ("n: int = 1  # count {1, x}", "parameter n must be an integer, got 'x'"),
+        ("n: int = 1  # count {layer of nothing}", "names no parameter"),
+    ):
+        with pytest.raises(ParameterError, match=re.escape(msg)):
+            parse_parameters(bad)
+
+
+def test_every_notebook_declares_its_rules_once_in_the_parameters_cell():
+    """No notebook states rules in its start_run call any more, and the declared choices are the library's."""
+    from utils import attention, rescale, weight_ranks
+
+    for nb in NOTEBOOKS:
+        call = re.search(r"^run = start_run\((.*?)\)$", nb.read_text(), re.M | re.S)
+        assert call and call.group(1) == f'"{nb.stem}", globals()', f"{nb.stem}: {call.group(0) if call else None}"
+        for p in notebook_parameters(nb):
+            assert "=" not in p.help, f"{nb.stem}: papermill drops a parameter line with two '=' ({p.name})"
+    rules = {nb.stem: {p.name: p.rule for p in notebook_parameters(nb)} for nb in NOTEBOOKS}
+    assert rules["01_weight_ranks"]["precision"].choices == tuple(weight_ranks.PRECISIONS)
+    assert rules["03_sa_rescale"]["anchor"].choices == tuple(rescale.ANCHORS)
+    for nb in ("02_attention_kernels", "03_sa_rescale", "07_model_diff"):
+        assert rules[nb]["kernel"].choices == tuple(attention.KERNELS), nb
+    assert rules["01_weight_ranks"]["layer_idx"].index == ("layer", "model")
+    assert rules["02_attention_kernels"]["head_idx"].index == ("head", "model")
 
 
 def test_report_is_the_markdown_cells_with_each_code_cells_outputs():

@@ -12,6 +12,7 @@ import string
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -79,17 +80,19 @@ def test_fuzzed_run_names_and_parameters_never_write_outside_the_output_root(tmp
 
 
 # ----------------------------------------------------------------------------- 2. re-runs
-def test_failed_rerun_keeps_the_last_complete_run_and_a_rerun_drops_stale_files(tiny_llama_dir, tmp_path):
+def test_failed_rerun_keeps_the_last_complete_run_and_a_rerun_drops_stale_files(
+    tiny_llama_dir, nan_llama_dir, tmp_path
+):
     model = str(tiny_llama_dir)
     first = run_notebook_smoke("02_attention_kernels", {"model": model, "dense_check_max_d": 0}, tmp_path, "r")
     assert (first / "ov_head_spectrum.png").is_file()
     snapshot = {p.name: p.read_bytes() for p in first.iterdir()}
-    with pytest.raises(NotebookFailed):
-        run_notebook_smoke("02_attention_kernels", {"model": model, "head_idx": 99}, tmp_path, "r")
+    with pytest.raises(NotebookFailed):  # a model that opens, with a NaN weight: it fails inside the notebook
+        run_notebook_smoke("02_attention_kernels", {"model": str(nan_llama_dir), "head_idx": 3}, tmp_path, "r")
     assert {p.name: p.read_bytes() for p in first.iterdir()} == snapshot  # untouched
     failed = tmp_path / "02_attention_kernels" / "r.failed"
     rec = json.loads((failed / "run.json").read_text())
-    assert rec["status"] == "failed" and rec["params"]["head_idx"] == 99 and "head_idx=99" in rec["error"]["evalue"]
+    assert rec["status"] == "failed" and rec["params"]["head_idx"] == 3 and "non-finite" in rec["error"]["evalue"]
     assert (failed / "02_attention_kernels.ipynb").is_file()
     # a successful re-run with parameters that produce fewer files replaces the folder whole
     again = run_notebook_smoke("02_attention_kernels", {"model": model, "include_ov": "false"}, tmp_path, "r")
@@ -99,12 +102,12 @@ def test_failed_rerun_keeps_the_last_complete_run_and_a_rerun_drops_stale_files(
     assert rec["started_utc"] <= rec["ended_utc"]
 
 
-def test_replace_lets_a_failed_run_take_the_place_of_the_complete_one(tiny_llama_dir, tmp_path):
+def test_replace_lets_a_failed_run_take_the_place_of_the_complete_one(nan_llama_dir, tmp_path):
     from utils.running.record import Run
 
     Run("01_weight_ranks", "r", {}, tmp_path).finish()  # a complete run of that name
     with pytest.raises(NotebookFailed):
-        execute("01_weight_ranks", "r", {"model": str(tiny_llama_dir), "layer_idx": 9}, tmp_path, replace=True)
+        execute("01_weight_ranks", "r", {"model": str(nan_llama_dir)}, tmp_path, replace=True)
     rec = json.loads((tmp_path / "01_weight_ranks" / "r" / "run.json").read_text())
     assert rec["status"] == "failed" and not (tmp_path / "01_weight_ranks" / "r.failed").exists()
 
@@ -185,6 +188,9 @@ def test_sigint_then_sigterm_mid_run_marks_interrupted_and_keeps_the_complete_ru
     inter = nb / "r.interrupted"
     rec = json.loads((inter / "run.json").read_text())
     assert rec["status"] == "interrupted" and rec["signal"] == "SIGINT" and rec["ended_utc"]
+    # issue 21, item 14: its duration agrees with its start and end
+    span = (datetime.fromisoformat(rec["ended_utc"]) - datetime.fromisoformat(rec["started_utc"])).total_seconds()
+    assert rec["elapsed_s"] == pytest.approx(span, abs=1.0)
     notebook = json.loads((inter / "05_spectral_dynamics.ipynb").read_text())
     assert "Run interrupted by SIGINT" in "".join(notebook["cells"][0]["source"])
     assert notebook["metadata"]["transformer_spectra"]["status"] == "interrupted"

@@ -322,3 +322,20 @@ def test_notebook_smoke(tmp_path):
     assert "Existing merged file" in report2 and "FAILED" not in report2
     assert "loss entries split into runs where the step number drops" in report2
     assert not (run_dir2 / "merged_spectra.h5").exists()
+
+
+def test_a_merge_refuses_a_folder_as_output_and_a_run_file_given_twice(tmp_path, capsys):
+    """Issue 21, item 10: an output that is a folder raised a raw IsADirectoryError, and one run file given
+    twice (under any name) made a "2 runs" file of one run."""
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    _record_run(a, 0)
+    _record_run(b, 1)
+    (tmp_path / "out").mkdir()
+    assert main(["merge", str(tmp_path / "out"), str(a), str(b)]) == 2
+    assert "is a folder: give the merged file's name" in capsys.readouterr().err
+    (tmp_path / "alias.h5").symlink_to(a)
+    for twice in ([a, a, b], [a, b, tmp_path / "alias.h5"]):
+        assert main(["merge", str(tmp_path / "m.h5"), *map(str, twice)]) == 2
+        assert "is given twice (runs 1 and " in capsys.readouterr().err
+    assert not (tmp_path / "m.h5").exists() and sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+    assert main(["merge", str(tmp_path / "m.h5"), str(a), str(b)]) == 0

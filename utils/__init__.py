@@ -19,7 +19,8 @@ package                   what it does                                          
 ========================  =============================================================  ========
 
 Small modules beside them: ``utils.files`` (atomic writes, JSONL), ``utils.device`` (the
-``device`` rule), ``utils.progress`` (progress bars for Lab and for headless runs).
+``device`` rule), ``utils.progress`` (progress bars for Lab and for headless runs),
+``utils.markdown`` (numbers and tables as markdown), ``utils.provenance`` (UTC times, package versions).
 
 The names below are the public API; they load lazily, so ``import utils`` is cheap.
 """
@@ -27,6 +28,8 @@ The names below are the public API; they load lazily, so ``import utils`` is che
 from __future__ import annotations
 
 import importlib
+
+from .progress import quiet_libraries
 
 _API = {
     "open_weights": "utils.weights",
@@ -48,13 +51,7 @@ _API = {
 __all__ = sorted(_API)
 
 
-def _quiet_when_headless() -> None:
-    from .progress import quiet_libraries
-
-    quiet_libraries()
-
-
-_quiet_when_headless()
+quiet_libraries()
 
 
 def __getattr__(name: str):

@@ -25,6 +25,7 @@ from typing import Iterable
 import numpy as np
 
 from ..device import resolve_device
+from ..markdown import md_table
 from ..progress import progress_bar
 from ..spectral import ENERGY_LEVELS, FactoredKernels, KernelSpectra, complex_mask, effective_rank, energy_count
 from ..spectral.factored import as_f64
@@ -278,8 +279,6 @@ def head_table(ks: KernelSpectra, head: int, d: int):
 
 def head_details(eig: np.ndarray, d: int, top_k: int) -> str:
     """Top eigenvalues, magnitude percentiles, complex-plane counts and energy milestones of one head (markdown)."""
-    from ..running.report import md_table
-
     rep = head_eigen_report(eig, d)
     p = rep["plane"]
     r = len(eig)

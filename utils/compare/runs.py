@@ -1,4 +1,6 @@
-"""Which runs to compare: every run of a sweep, or a list of run folders, with a short label per model."""
+"""Which runs to compare: every run of a sweep, or a list of run folders, with a short label per model
+(the spec each run recorded, shortened only as far as it stays unique among the runs compared:
+:mod:`utils.running.labels`)."""
 
 from __future__ import annotations
 
@@ -8,27 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..running.labels import RANDOM_PREFIX, base_label, model_labels
 from ..running.params import ParameterError
 from ..running.paths import PROJECT_ROOT
-from ..weights.specs import RANDOM_PREFIX
 
 COMPARE_NOTEBOOK = "06_compare"
 COLUMNS = ["notebook", "run", "sweep", "status", "model", "label", "params", "path"]
-
-
-def model_label(spec) -> str:
-    """A short name for a model spec: a path gives its last component; ``random:`` and ``@seed`` are kept."""
-    s = str(spec or "").strip()
-    prefix = ""
-    if s.lower().startswith(RANDOM_PREFIX):
-        prefix, s = RANDOM_PREFIX, s[len(RANDOM_PREFIX) :]
-    seed = ""
-    m = re.match(r"^(.*)@(\d+)$", s)
-    if m and prefix:
-        s, seed = m.group(1), f"@{m.group(2)}"
-    if "/" in s.rstrip("/") and not re.match(r"^[\w.-]+/[\w.-]+$", s):  # a path, not a hub id
-        s = Path(s.rstrip("/")).name
-    return prefix + (s or "?") + seed
 
 
 def _record(d: Path, sweep: str = "") -> dict | None:
@@ -95,15 +82,11 @@ def find_runs(root: Path, sweep: str = "", runs: str = "", run_name: str = "") -
         if r:
             recs.append(r)
     df = pd.DataFrame(recs, columns=[c for c in COLUMNS if c != "label"]).drop_duplicates("path")
-    df.insert(5, "label", unique_labels(df["model"].tolist()))
+    labels = model_labels(df["model"])
+    df.insert(5, "label", [labels[str(m or "").strip()] for m in df["model"]])
     rank = {m: i for i, m in enumerate(model_order(df["label"]))}
     df = df.assign(_r=df["label"].map(rank)).sort_values(["notebook", "_r"], kind="stable").drop(columns="_r")
     return df.reset_index(drop=True)
-
-
-def base_label(label: str) -> str:
-    """The trained model a label names: ``random:X@seed`` -> ``X``; any other label as it is."""
-    return label[len(RANDOM_PREFIX) :].split("@")[0] if label.startswith(RANDOM_PREFIX) else label
 
 
 def model_order(labels) -> list[str]:
@@ -111,13 +94,6 @@ def model_order(labels) -> list[str]:
     labels = list(dict.fromkeys(labels))
     bases = list(dict.fromkeys(base_label(m) for m in sorted(labels, key=lambda m: m.startswith(RANDOM_PREFIX))))
     return sorted(labels, key=lambda m: (bases.index(base_label(m)), m.startswith(RANDOM_PREFIX), m))
-
-
-def unique_labels(specs: list) -> list[str]:
-    """:func:`model_label` of each spec, the full spec where two specs would share a label."""
-    labels = {s: model_label(s) for s in specs}
-    clash = {lab for lab in labels.values() if sum(v == lab for v in labels.values()) > 1}
-    return [str(s) if labels[s] in clash else labels[s] for s in specs]
 
 
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:

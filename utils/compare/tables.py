@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..weights.specs import RANDOM_PREFIX
-from .runs import base_label, complete, model_order
+from ..running.labels import RANDOM_PREFIX, base_label
+from .runs import complete, model_order
 
 
 def _read(runs: pd.DataFrame, prefix: str, name: str, reader) -> pd.DataFrame:
@@ -105,8 +105,9 @@ def kernel_summary(heads: pd.DataFrame) -> pd.DataFrame:
 def rescale_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, anchor) from the 03 runs' ``results.json``: anchor layer, mean and max
     residual, share of residuals < 0.1, corr(T, entropy), shape stability and the seed's verdict.
-    Every run reports all three anchors; the run made with that anchor wins where there are several."""
-    from ..rescale.analysis import verdict_key
+    Every run reports all three anchors; the run made with that anchor wins where there are several. The
+    verdict is the one the run recorded for that anchor (NOT DETERMINED included); a results file written
+    before verdicts were recorded per anchor says "not recorded"."""
 
     def read(p, r):
         res = json.loads(p.read_text())
@@ -123,7 +124,7 @@ def rescale_table(runs: pd.DataFrame) -> pd.DataFrame:
                     "corr(T, entropy)": c["corr_T_entropy"],
                     "shape cosine": a["shape_cos_mean"],
                     "stability": a["stability"],
-                    "verdict": verdict_key(c["mean_resid"]).replace("_", " "),
+                    "verdict": c.get("verdict_key", "not_recorded").replace("_", " "),
                     "own": anchor == a["anchor"],
                 }
             )

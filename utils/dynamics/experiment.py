@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .recorder import SpectralRecorder
+from .recorder import SpectralRecorder, record_checkpoint_dir
+from .store import merge_runs
 from .tiny_gpt import TinyGPTConfig, encode_bytes, make_tiny_gpt, offline_text, train_tiny_gpt
 
 
@@ -62,9 +63,6 @@ def record(
 
     Returns ``{"merged": path, "run_files": [...], "source": sentence, "rows": per-run rows or []}``.
     """
-    from .recorder import record_checkpoint_dir
-    from .store import merge_runs
-
     out = {"run_files": [], "rows": []}
     if merged_file:
         out.update(

@@ -42,7 +42,7 @@ import torch
 
 from ..files import Transaction
 from ..progress import progress_bar
-from ..running.record import package_versions
+from ..provenance import package_versions
 from ..spectral import svdvals
 from .store import EIG, SV, RunFileWriter
 

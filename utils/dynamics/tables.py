@@ -7,6 +7,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from ..markdown import fmt
+
 
 def short_name(name: str) -> str:
     """``transformer.h.0.attn.c_attn.weight`` -> ``h.0.attn.c_attn``."""
@@ -56,8 +58,6 @@ def loss_summary(losses: dict, seeds: dict) -> pd.DataFrame:
 
 def change_findings(tab: pd.DataFrame) -> str:
     """One sentence on the largest and smallest relative change of effective rank, and the spread over runs."""
-    from ..running.report import fmt
-
     drop = tab.sort_values("eff. rank change %")
     most, least = drop.iloc[0], drop.iloc[-1]
     return (

@@ -12,10 +12,11 @@ from .core import grid, heatmap
 NULL_PANELS = (("eff_rank", "effective rank"), ("stable_rank", "stable rank"), ("alpha", "power-law alpha"))
 
 
-def _types(df):
-    from ..weight_ranks.tables import weight_types
-
-    return weight_types(df)
+def _types(df) -> list[str]:
+    """The weight types of a sweep's table in its own order: the per-layer types as the sweep wrote them
+    (query, key, value, output, gate, up, down), then the model-level ones (embeddings, head) sorted."""
+    per_layer = list(dict.fromkeys(df.loc[df.layer_idx >= 0, "weight_type"]))
+    return per_layer + sorted(set(df.weight_type) - set(per_layer))
 
 
 def esd_by_type(df: pd.DataFrame, spectra: dict, layer: int | None = None, null_spectra: dict | None = None):
@@ -65,11 +66,9 @@ def heads_vs_null(trained: pd.DataFrame, null: pd.DataFrame, circuits=("qk", "ov
 def composition_heatmaps(cs, max_heads: int = 256):
     """Q-, K-, V-composition: writer head (rows) x reader head (columns), or the per-layer-pair maximum when
     there are more than ``max_heads`` heads."""
-    from ..attention.circuits import COMPOSITIONS
-
     H = len(cs.layer)
-    fig, axes = grid(len(COMPOSITIONS), ncols=3, size=(4.6, 4.0))
-    for ax, c in zip(axes, COMPOSITIONS):
+    fig, axes = grid(len(cs.scores), ncols=3, size=(4.6, 4.0))
+    for ax, c in zip(axes, cs.scores):
         if H <= max_heads:
             heatmap(
                 cs.scores[c],
@@ -96,11 +95,9 @@ def composition_heatmaps(cs, max_heads: int = 256):
 
 def score_vs_null(cs):
     """Distribution of every pair's score beside the null's, per composition (seaborn histograms)."""
-    from ..attention.circuits import COMPOSITIONS
-
-    fig, axes = grid(len(COMPOSITIONS), ncols=3, size=(4.2, 3.2))
+    fig, axes = grid(len(cs.scores), ncols=3, size=(4.2, 3.2))
     v = cs.valid()
-    for ax, c in zip(axes, COMPOSITIONS):
+    for ax, c in zip(axes, cs.scores):
         sns.histplot(cs.scores[c][v], color="C0", stat="density", label="trained", ax=ax, element="step")
         if c in cs.null:
             sns.histplot(cs.null[c][v], color="0.5", stat="density", label="null", ax=ax, element="step")

@@ -185,6 +185,7 @@ def results_record(res: RescaleResult, others: dict, source: str, sigma: np.ndar
                 "max_resid": r.max_resid,
                 "frac_below": {f"{t:.2f}": v for t, v in r.frac_below.items()},
                 "corr_T_entropy": r.corr_T_entropy,
+                "verdict_key": r.verdict_key,
             }
             for a, r in others.items()
         },

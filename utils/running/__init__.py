@@ -1,9 +1,13 @@
 """Running notebooks and reporting their results.
 
 * :mod:`.paths`: the project root, the output root rule, run names and folders.
-* :mod:`.params`: the parameters cell, typed values, shared validators.
+* :mod:`.params`: the parameters cell, typed values and the rules declared beside them.
+* :mod:`.context`: :class:`RunContext`, one run decided and checked once, handed to the kernel whole.
+* :mod:`.claim`: a name's lock (one owner at a time), run / sweep name clashes, staging folders.
 * :mod:`.record`: :func:`start_run` and :class:`Run` (staged folder, results, ``run.json``).
-* :mod:`.report`: markdown helpers, the report assembled from a notebook's own cells, HTML.
+* :mod:`.report`: the report assembled from a notebook's own cells, HTML.
+* :mod:`.labels`: model labels, unique among the runs shown.
+* :mod:`.signals`: SIGINT / SIGTERM noted, never raised, by the command lines.
 * :mod:`.runner`: ``python -m utils.run_notebook``, the headless runner with staged runs.
 """
 

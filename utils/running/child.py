@@ -1,11 +1,14 @@
 """The runner's child process: execute one notebook with papermill (see :mod:`utils.running.runner`).
 
-    python -m utils.running.child '{"source": ..., "output": ..., "parameters": {...}, ...}'
+    python -m utils.running.child '{"source": ..., "output": ..., "parameters": {...}, "kernel_dir": ...}'
 
-Exit code 0 when every cell ran, 3 when a cell raised (details in ``.child-error.json`` next to the
-output notebook), 4 for any other failure. When the runner that started it dies (a sweep worker
-killed mid-run), the child stops the kernel, removes the staging folder and exits with code 5: a
-killed runner leaves no half-written run behind.
+The run's context reaches the kernel through the environment the runner set (``TSPECTRA_RUN_CONTEXT``).
+The kernel talks to papermill over IPC sockets in ``kernel_dir``, a folder of this run alone, which
+also holds the kernel's connection file. Exit code 0 when every cell ran, 3 when a cell raised
+(details in ``.child-error.json`` next to the output notebook), 4 for any other failure. When the
+runner that started it dies (a sweep worker killed mid-run), the child stops the kernel, removes the
+staging folder and the kernel folder, and exits with code 5: a killed runner leaves no half-written run
+and no socket behind.
 """
 
 from __future__ import annotations
@@ -13,29 +16,34 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from ..files import atomic_write_json
+import papermill as pm
+from jupyter_client.manager import AsyncKernelManager
+
+from .claim import OWNER
 from .paths import PROJECT_ROOT
-from .runner import CHILD_ERROR, KERNELSPEC, kill_kernel, remove_sockets, socket_prefix, to_ipynb
+from .runner import CHILD_ERROR, KERNELSPEC, kill_kernel, to_ipynb
 
 ORPHAN_EXIT = 5
 POLL_S = 0.5
+INPUT = ".input.ipynb"  # the notebook as papermill reads it, in the staging folder (removed with it)
 
 
-def exit_with_parent(stage: Path, poll_s: float = POLL_S) -> threading.Thread:
-    """Watch the parent process; once it is gone, stop the kernel, remove ``stage`` and exit."""
+def exit_with_parent(stage: Path, kernel_dir: Path, poll_s: float = POLL_S) -> threading.Thread:
+    """Watch the parent process; once it is gone, stop the kernel, remove ``stage`` and ``kernel_dir``, exit."""
     parent = os.getppid()
 
     def watch():
         while os.getppid() == parent:
             time.sleep(poll_s)
-        kill_kernel(stage)
+        kill_kernel(stage, kernel_dir)
         shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(kernel_dir, ignore_errors=True)
         os._exit(ORPHAN_EXIT)
 
     t = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
@@ -43,49 +51,68 @@ def exit_with_parent(stage: Path, poll_s: float = POLL_S) -> threading.Thread:
     return t
 
 
-def _ipc_kernel_manager(prefix: str):
-    """A kernel manager that talks to the kernel over local IPC sockets (``<prefix>-<n>``), not TCP ports."""
-    from jupyter_client.manager import AsyncKernelManager
+def _ipc_kernel_manager(kernel_dir: Path):
+    """A kernel manager whose kernel listens on IPC sockets ``<kernel_dir>/kernel-<n>``, not TCP ports, and
+    writes its connection file into ``kernel_dir``."""
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kw):
             kw.setdefault("transport", "ipc")
-            kw.setdefault("ip", prefix)
+            kw.setdefault("ip", str(kernel_dir / "kernel"))
+            kw.setdefault("connection_file", str(kernel_dir / "kernel.json"))
             super().__init__(**kw)
 
     return IPCKernelManager
 
 
-def main(argv=None) -> int:
-    import papermill as pm
-
-    args = json.loads((argv or sys.argv[1:])[0])
-    src, out = Path(args["source"]), Path(args["output"])
-    err_path = out.parent / CHILD_ERROR
-    exit_with_parent(out.parent)
-    sockets = args.get("sockets") or socket_prefix()
+def _write_in(folder: Path, name: str, obj) -> None:
+    """Write a JSON file into ``folder`` if it still exists (never re-creating a staging folder that a clean-up
+    has removed meanwhile)."""
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
     try:
-        with tempfile.TemporaryDirectory() as td:
-            inp = Path(td) / (src.stem + ".ipynb")
-            to_ipynb(src, inp)
-            pm.execute_notebook(
-                str(inp),
-                str(out),
-                parameters=args["parameters"],
-                kernel_name=KERNELSPEC["name"],
-                cwd=str(PROJECT_ROOT),
-                progress_bar=bool(args.get("progress")),
-                execution_timeout=args.get("timeout"),
-                kernel_manager_class=_ipc_kernel_manager(sockets),
-            )
+        tmp.write_text(json.dumps(obj))
+        os.replace(tmp, folder / name)
+    except FileNotFoundError:
+        pass
+
+
+def record_child(stage: Path) -> None:
+    """Add this process to the staging folder's owner record: the stage is in use while it runs, even
+    after its runner died (:func:`utils.running.claim.clean_stale_stages`)."""
+    try:
+        owner = json.loads((stage / OWNER).read_text())
+    except (OSError, ValueError):
+        owner = {}
+    _write_in(stage, OWNER, {**owner, "child": os.getpid()})
+
+
+def main(argv=None) -> int:
+    # a Dask worker may have started this process with SIGINT blocked; the kernel must be interruptible
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    args = json.loads((argv or sys.argv[1:])[0])
+    src, out, kdir = Path(args["source"]), Path(args["output"]), Path(args["kernel_dir"])
+    stage = out.parent
+    record_child(stage)
+    exit_with_parent(stage, kdir)
+    try:
+        inp = stage / INPUT
+        to_ipynb(src, inp)
+        pm.execute_notebook(
+            str(inp),
+            str(out),
+            parameters=args["parameters"],
+            kernel_name=KERNELSPEC["name"],
+            cwd=str(PROJECT_ROOT),
+            progress_bar=bool(args.get("progress")),
+            execution_timeout=args.get("timeout"),
+            kernel_manager_class=_ipc_kernel_manager(kdir),
+        )
     except pm.PapermillExecutionError as e:
-        atomic_write_json(err_path, {"ename": e.ename, "evalue": str(e.evalue), "exec_count": e.exec_count})
+        _write_in(stage, CHILD_ERROR, {"ename": e.ename, "evalue": str(e.evalue), "exec_count": e.exec_count})
         return 3
-    except Exception as e:  # kernel died, bad notebook, ...
-        atomic_write_json(err_path, {"ename": type(e).__name__, "evalue": str(e)})
+    except Exception as e:  # kernel died, bad notebook, the staging folder removed under it, ...
+        _write_in(stage, CHILD_ERROR, {"ename": type(e).__name__, "evalue": str(e)})
         return 4
-    finally:
-        remove_sockets(sockets)
     return 0
 
 

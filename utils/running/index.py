@@ -2,10 +2,12 @@
 
 :func:`collect_runs` finds every run folder (``<notebook>/<run>/`` and ``<notebook>/<sweep>/<run>/``,
 failed and interrupted attempts included) from its ``run.json``; :func:`write_index_html` writes a
-self-contained page (no script, no external file) with one table per notebook: sweep, run, model,
-the parameters that differ from the notebook's defaults, status, start, duration, and a relative
-link to the run's ``report.html`` (or, for a run without one, its executed notebook). Written after
-every sweep and by ``python -m utils.sweep --index``.
+self-contained page (no script, no external file) with one table per notebook: sweep, run, model
+(the spec the run recorded, shortened only as far as it stays unique among the runs on the page:
+:mod:`.labels`; the full spec shows on hover), the parameters that differ from the notebook's
+defaults, status, start, duration, and a relative link to the run's ``report.html`` (or, for a run
+without one, its executed notebook). Written after every run of the runner, every sweep, and by
+``python -m utils.sweep --index``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import os
 from pathlib import Path
 
 from ..files import atomic_write_text
-from .paths import output_root
+from .labels import model_labels
+from .params import ParameterError, notebook_parameters
+from .paths import notebook_source, output_root
 
 SKIP = ("run_name", "output_root", "model")
 STATUS_COLOURS = {"complete": "#1a7f37", "failed": "#cf222e", "interrupted": "#9a6700", "running": "#0969da"}
@@ -26,9 +30,6 @@ STATUS_COLOURS = {"complete": "#1a7f37", "failed": "#cf222e", "interrupted": "#9
 
 @functools.lru_cache(maxsize=64)
 def _defaults(notebook: str) -> dict:
-    from .params import ParameterError, notebook_parameters
-    from .paths import notebook_source
-
     try:
         return {p.name: p.default for p in notebook_parameters(notebook_source(notebook))}
     except (FileNotFoundError, ParameterError):
@@ -77,7 +78,7 @@ def collect_runs(root=None) -> list[dict]:
                 "notebook": nb,
                 "sweep": group or "",
                 "run": d.name,
-                "model": params.get("model", ""),
+                "model": str(params.get("model", "") or ""),
                 "key_params": key,
                 "status": rec.get("status", "?"),
                 "started_utc": rec.get("started_utc") or "",
@@ -87,6 +88,9 @@ def collect_runs(root=None) -> list[dict]:
                 "error": (rec.get("error") or {}).get("evalue", "") if isinstance(rec.get("error"), dict) else "",
             }
         )
+    labels = model_labels(r["model"] for r in out)
+    for r in out:
+        r["label"] = labels[r["model"].strip()]
     return out
 
 
@@ -118,7 +122,7 @@ def _row_html(r: dict, root: Path) -> str:
         rel = os.path.relpath(r["report"], root).replace(os.sep, "/")
         label = "report" if r["report"].suffix == ".html" else "notebook"
         link = f'<a href="{e(rel)}">{label}</a>'
-    model = f"<code>{e(str(r['model']))}</code>" if r["model"] else ""
+    model = f"<code title='{e(r['model'])}'>{e(r['label'])}</code>" if r["model"] else ""
     err = f'<div class="err">{e(r["error"][:200])}</div>' if r["error"] else ""
     return (
         f"<tr><td>{e(r['sweep'])}</td><td>{e(r['run'])}</td><td>{model}</td>"

@@ -8,8 +8,9 @@ working folder, and the environment variable ``TSPECTRA_OUTPUT`` (when set) repl
 sweep's name, the run name its run key).
 
 Run names and group names are one path component each from a documented character set
-(:data:`RUN_NAME_RULE`), checked before anything is created; the resolved folder must lie inside the
-output root.
+(:data:`RUN_NAME_RULE`, matched in full: no trailing newline slips through), checked before anything
+is created; the resolved folder must lie inside the output root, and the output root must be a folder
+this process can write to (:func:`check_output_root`, :func:`make_folder`).
 """
 
 from __future__ import annotations
@@ -26,16 +27,24 @@ RUN_NAME_RULE = (
     "1 to 100 characters from letters, digits, '_', '-', '=' and '+', starting with a letter or digit "
     "(one folder name: no '.', no '/', no spaces)"
 )
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_=+-]{0,99}$")
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_=+-]{0,99}")
 
 
-class BadRunName(ValueError):
+class RunRefused(ValueError):
+    """A run that cannot start here: refused before anything is written (the message names the fix)."""
+
+
+class BadRunName(RunRefused):
     """A run name that is not a single safe folder name."""
+
+
+class OutputRootError(RunRefused):
+    """An output root that is not a folder this process can write to."""
 
 
 def check_run_name(name, what: str = "run name") -> str:
     """``name`` if it is a valid run name (:data:`RUN_NAME_RULE`), else :class:`BadRunName`."""
-    if not isinstance(name, str) or not _RUN_NAME.match(name):
+    if not isinstance(name, str) or not _RUN_NAME.fullmatch(name):
         raise BadRunName(f"{what} {name!r} is not allowed: use {RUN_NAME_RULE}")
     return name
 
@@ -47,6 +56,36 @@ def output_root(value: str | os.PathLike | None = None) -> Path:
         v = os.environ.get(OUTPUT_ENV, "").strip() or DEFAULT_OUTPUT
     p = Path(v).expanduser()
     return (p if p.is_absolute() else PROJECT_ROOT / p).resolve()
+
+
+def check_output_root(root: Path) -> Path:
+    """``root`` if it is, or can become, a folder: the nearest existing folder on its path must be a folder
+    this process may write to. Creates nothing; :func:`make_folder` catches what only creating can show."""
+    p = Path(root)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise OutputRootError(
+            f"the output root {root} cannot be a folder: {p} is a file; choose another --output-root (or move {p})"
+        )
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise OutputRootError(
+            f"the output root {root} is not writable ({p}: permission denied); "
+            "choose another --output-root or fix its permissions"
+        )
+    return Path(root)
+
+
+def make_folder(folder: Path, root: Path) -> Path:
+    """Create ``folder`` (and its parents) under the output root ``root``, or :class:`OutputRootError`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputRootError(
+            f"cannot create {folder} under the output root {root} ({e.strerror or e}); "
+            "choose another --output-root or fix its permissions"
+        ) from None
+    return folder
 
 
 def run_dir(root: str | os.PathLike, notebook: str, run_name: str, group: str | None = None) -> Path:

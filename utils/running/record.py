@@ -2,14 +2,15 @@
 
 Every notebook calls :func:`start_run` once, right after its parameters cell::
 
-    run = start_run("01_weight_ranks", globals(), positive=("top_k",))
+    run = start_run("01_weight_ranks", globals())
 
 (About 400 lines: :class:`Run` is the one object a notebook talks to, so staging, the record and
 the report calls stay together; parsing, paths and report assembly are in their own modules.)
 
-which reads the notebook's ``parameters`` cell, converts every parameter in ``globals()`` to its
-declared type (writing the converted value back), checks the shared rules, and opens the run
-folder. Then::
+which takes the run's context (:mod:`utils.running.context`): under the runner, the one the runner
+made, checked and passed down; anywhere else (JupyterLab, plain papermill), one made here from the
+notebook's own variables by the same rules. It writes the typed values back into ``globals()`` and
+opens the run folder. Then::
 
     with run.timer("sweep"):
         ...
@@ -20,8 +21,9 @@ folder. Then::
 Staging. A run writes into a hidden staging folder next to its final place,
 ``<root>/<notebook>/.<run name>.staging-<id>/``; :meth:`Run.finish` swaps it in whole, so a
 folder under a run's name always holds one complete run. Under the runner
-(:mod:`utils.running.runner`) the runner owns the staging folder (``TSPECTRA_STAGE_DIR``) and
-does the swap, recording ``failed`` and ``interrupted`` runs as well.
+(:mod:`utils.running.runner`) the runner claims the name, owns the staging folder (named in the run
+context) and does the swap, recording ``failed`` and ``interrupted`` runs as well; a run outside the
+runner claims the name itself (:mod:`utils.running.claim`: a lock, released by :meth:`Run.finish`).
 
 ``run.json`` holds: notebook, run name, status, start and end times (UTC), the exact parameters,
 package versions, timings, the file list, the kernel's process id.
@@ -30,7 +32,6 @@ package versions, timings, the file list, the kernel's process id.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import io
 import os
 import platform
@@ -39,78 +40,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..files import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    json_text,
-    stage_dir_for,
-    swap_in,
-    write_jsonl,
-)
-from .params import check_choice, check_nonnegative, check_positive, coerce_all, notebook_parameters
-from .paths import check_run_name, notebook_source, output_root, run_dir
+from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, json_text, swap_in, write_jsonl
+from ..provenance import package_versions, utc_now
+from .claim import claim_run
+from .context import RunContext, make_context
+from .params import check_choice, check_nonnegative, check_positive, notebook_parameters
+from .paths import check_run_name, find_notebook, run_dir
 from .report import assemble, df_to_md, markdown_to_html, md_table, normalize_code, source_cells
 
-STAGE_ENV = "TSPECTRA_STAGE_DIR"
-GROUP_ENV = "TSPECTRA_RUN_GROUP"  # set by the runner for a run of a group (a sweep)
 STATUSES = ("running", "complete", "failed", "interrupted")
-
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
-    """Versions of Python and the packages a result depends on."""
-    from importlib import metadata
-
-    names = (
-        "torch",
-        "transformers",
-        "numpy",
-        "pandas",
-        "gguf",
-        "safetensors",
-        "h5py",
-        "matplotlib",
-        "seaborn",
-        "papermill",
-    ) + tuple(extra)
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for n in names:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[n] = metadata.version(n)
-    try:
-        import torch
-
-        out["cuda_available"] = str(torch.cuda.is_available())
-        if torch.cuda.is_available():
-            out["cuda_device"] = torch.cuda.get_device_name(0)
-    except ImportError:  # pragma: no cover
-        pass
-    return out
-
-
-def _pid_alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError, TypeError):
-        return False
-    return True
-
-
-def clean_stale_stages(final: Path) -> None:
-    """Remove staging folders of ``final`` left by processes that no longer run."""
-    import json
-
-    for d in final.parent.glob(f".{final.name}.staging-*"):
-        try:
-            pid = json.loads((d / "run.json").read_text()).get("pid")
-        except (OSError, ValueError):
-            pid = None
-        if pid is None or not _pid_alive(pid) or int(pid) == os.getpid():
-            shutil.rmtree(d, ignore_errors=True)
 
 
 class Run:
@@ -124,19 +62,23 @@ class Run:
         root: str | os.PathLike,
         stage: str | os.PathLike | None = None,
         group: str | None = None,
+        source: str | os.PathLike | None = None,
     ):
         self.notebook = notebook
         self.run_name = check_run_name(run_name)
         self.group = group or None
+        root = Path(root).resolve()
         self.final_dir = run_dir(root, notebook, run_name, self.group)
-        self.cache_dir = Path(root).resolve() / ".cache"  # reusable results shared by runs (e.g. resumable sweeps)
+        self.cache_dir = root / ".cache"  # reusable results shared by runs (e.g. resumable sweeps)
         self.owns_stage = stage is None
-        if stage is None:
-            self.final_dir.parent.mkdir(parents=True, exist_ok=True)
-            clean_stale_stages(self.final_dir)
-            stage = stage_dir_for(self.final_dir)
+        self._claim = None
+        if stage is None:  # outside the runner: claim the name here (a cell run again takes over its lock)
+            what = f"a kernel running {notebook} (run {run_name})"
+            self._claim = claim_run(self.final_dir, root, what, takeover=True, group=self.group)
+            stage = self._claim.stage
         self.dir = Path(stage)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.dir.is_dir():  # never re-created here: a runner that stopped has removed it on purpose
+            raise FileNotFoundError(f"the run's staging folder {self.dir} is gone: the runner that started it stopped")
         self.params = dict(params)
         self.timings: dict[str, float] = {}
         self.files: list[str] = []
@@ -148,7 +90,7 @@ class Run:
         self._cell_runs: dict[int, int] = {}
         self._last_cell = -1
         try:
-            self._cells = source_cells(notebook_source(notebook))
+            self._cells = source_cells(source or find_notebook(notebook))
         except FileNotFoundError:
             self._cells = []
         self._code_index = {normalize_code(s): i for i, (k, s) in enumerate(self._cells) if k == "code"}
@@ -290,8 +232,12 @@ class Run:
         self.status = "complete"
         self._write_record()
         if self.owns_stage:
+            for p in self.dir.iterdir():  # the claim's record of the stage's owner
+                if p.name.startswith(".") and p.is_file():
+                    p.unlink(missing_ok=True)
             swap_in(self.dir, self.final_dir)
             self.dir = self.final_dir
+            self._claim.release()
         print(f"report: {self.final_dir / 'report.md'}")
 
     # -- the record -----------------------------------------------------------------------------
@@ -384,28 +330,31 @@ def start_run(
     nonnegative: Iterable[str] = (),
     choices: dict | None = None,
 ) -> Run:
-    """Read, type and check the notebook's parameters from ``namespace`` and open its run folder.
+    """The run's checked context, its typed parameters written into ``namespace``, and its run folder opened.
 
-    Every declared parameter is taken from ``namespace`` (its default when absent), converted to
-    its declared type and written back. ``positive`` / ``nonnegative`` name parameters that must
-    be > 0 / >= 0; ``choices`` maps a parameter to its allowed values; a ``device`` parameter is
-    resolved (``auto`` becomes ``cpu`` or ``cuda``). Nothing is created before the checks pass.
+    Under the runner the context comes with the kernel's environment and is taken as it is; otherwise
+    it is made from ``namespace`` (each declared parameter's value there, its default when absent) by
+    :func:`~utils.running.context.make_context`, with every rule of the parameters cell checked before
+    anything is created. A ``device`` parameter is resolved for the code (``auto`` becomes ``cpu`` or
+    ``cuda``; the record keeps what was given). ``positive`` / ``nonnegative`` / ``choices`` are the old
+    way of stating rules, still honoured; a notebook declares them beside its parameters instead
+    (:mod:`utils.running.params`).
     """
-    declared = notebook_parameters(notebook_source(notebook))
-    given = {p.name: namespace.get(p.name, p.default) for p in declared}
-    values = coerce_all(declared, given)
+    ctx = RunContext.from_env()
+    if ctx is None:
+        src = find_notebook(notebook)
+        given = {p.name: namespace[p.name] for p in notebook_parameters(src) if p.name in namespace}
+        ctx = make_context(src, given)
+    elif ctx.notebook != Path(notebook).stem:
+        raise RuntimeError(f"this kernel was started by the runner for {ctx.notebook}, not {notebook}")
+    values = dict(ctx.params)
     check_positive(**{k: values[k] for k in positive})
     check_nonnegative(**{k: values[k] for k in nonnegative})
     for k, allowed in (choices or {}).items():
         check_choice(k, values[k], allowed)
-    params = dict(values)  # as given (typed); the record keeps "auto", the code gets the device
     if "device" in values:
-        from ..device import resolve_device
+        from ..device import resolve_device  # torch: imported here, not by the runner and the sweep driver
 
         values["device"] = str(resolve_device(values["device"]))
-    check_run_name(values.get("run_name", "default"))
     namespace.update(values)
-    root = output_root(values.get("output_root"))
-    stage = os.environ.get(STAGE_ENV) or None
-    group = (os.environ.get(GROUP_ENV) or None) if stage else None
-    return Run(notebook, values.get("run_name", "default"), params, root, stage=stage, group=group)
+    return Run(ctx.notebook, ctx.run_name, ctx.params, ctx.root, stage=ctx.stage, group=ctx.group, source=ctx.source)

@@ -1,4 +1,5 @@
-"""Reports: markdown helpers, the report assembled from a notebook's own cells, and its HTML.
+"""Reports: the report assembled from a notebook's own cells, and its HTML (number and table helpers:
+:mod:`utils.markdown`).
 
 One narrative. A notebook's markdown cells say what each section asks and how to read it; its code
 cells put results on screen with :meth:`utils.running.Run.show`. The report is assembled from the
@@ -12,52 +13,13 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
+from ..markdown import df_to_md, fmt, md_image, md_table
 
-# ----------------------------------------------------------------------------- markdown helpers
-def fmt(x, digits: int = 4) -> str:
-    """A number for a table: ints as ints, floats with ``digits`` significant digits."""
-    if x is None:
-        return ""
-    if isinstance(x, (bool, int)):
-        return str(x)
-    try:
-        xf = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    if math.isnan(xf):
-        return "nan"
-    if math.isinf(xf):
-        return "inf" if xf > 0 else "-inf"
-    if xf == int(xf) and abs(xf) < 1e15 and not isinstance(x, float):
-        return str(int(xf))
-    return f"{xf:.{digits}g}"
-
-
-def md_table(header: Sequence[str], rows: Iterable[Sequence], digits: int = 4) -> str:
-    """A GitHub-flavoured markdown table; cells go through :func:`fmt`."""
-    header = [str(h) for h in header]
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for r in rows:
-        out.append("| " + " | ".join(fmt(c, digits).replace("|", "\\|").replace("\n", " ") for c in r) + " |")
-    return "\n".join(out)
-
-
-def df_to_md(df, digits: int = 4, index: bool = False) -> str:
-    """A pandas DataFrame as a markdown table."""
-    cols = [str(c) for c in df.columns]
-    if index:
-        name = df.index.name or ""
-        return md_table([name] + cols, ([i] + list(r) for i, r in zip(df.index, df.itertuples(index=False))), digits)
-    return md_table(cols, (list(r) for r in df.itertuples(index=False)), digits)
-
-
-def md_image(path: str, alt: str) -> str:
-    return f"![{alt}]({path})"
+__all__ = ["assemble", "df_to_md", "fmt", "markdown_to_html", "md_image", "md_table", "normalize_code", "source_cells"]
 
 
 # ----------------------------------------------------------------------------- assembly

@@ -1,15 +1,19 @@
 """Run a notebook headless with parameters into a staged run folder, or list its parameters.
 
-About 430 lines because the supervisor, its signal handling and the staging swap must agree on
-one sequence of states; the kernel-side child is :mod:`.child`.
+About 450 lines because the supervisor, its signal handling and the staging swap must agree on
+one sequence of states; the kernel-side child is :mod:`.child`, the checks are :mod:`.context`,
+the name's lock and staging folder :mod:`.claim`.
 
     python -m utils.run_notebook notebooks/01_weight_ranks.py --run-name smollm2 -p layer_idx 12
     python -m utils.run_notebook 01 --list-params
 
-The jupytext ``.py`` source is converted in memory and executed by papermill, in a child process,
-with the parameters injected (typed by the notebook's own declarations, see
-:mod:`utils.running.params`). Everything is written into a hidden staging folder next to the run's
-final place and swapped in whole at the end. What a user finds afterwards:
+The run's context (:class:`~utils.running.context.RunContext`: notebook, run name, output root, typed
+and checked parameters) is made and checked first, before anything is created; then the run's name
+is claimed (a lock: a second run of the same name is refused with the first one's pid, and a run
+never takes a sweep's name) and a hidden staging folder is made next to the run's final place. The
+jupytext ``.py`` source is converted and executed by papermill, in a child process, with the typed
+parameters injected and the context handed to the kernel whole; everything is written into the
+staging folder and swapped in at the end. What a user finds afterwards:
 
 * **complete**: ``<root>/<notebook>/<run name>/`` holds the executed notebook, ``report.md``,
   ``report.html``, the result files and ``run.json`` with ``"status": "complete"``; it replaced the
@@ -20,11 +24,13 @@ final place and swapped in whole at the end. What a user finds afterwards:
   ``--replace`` was given (then the failed run takes its place).
 * **interrupted** (SIGINT / Ctrl-C or SIGTERM): the kernel is stopped, temp files are removed and
   the run is kept as ``<run name>.interrupted/`` (``"status": "interrupted"``; the executed
-  notebook says where it stopped); the last complete run is untouched. Exit code 130.
+  notebook says where it stopped); the last complete run is untouched. Exit code 130. A signal
+  that comes before the notebook's first cell ran stops the run with nothing kept.
 
-No staging folder, temp file or kernel is left behind in any of the three cases, nor when the
-runner itself is killed: the child notices that its parent is gone, stops the kernel and removes the
-staging folder (:mod:`utils.running.child`).
+No staging folder, temp file, kernel socket or kernel is left behind in any of these cases, nor when
+the runner itself is killed: the child notices that its parent is gone, stops the kernel and removes
+the staging folder and the kernel's socket folder (:mod:`utils.running.child`); the next runner
+removes socket folders of runners that died with their child.
 
 A run of a *group* (``group=``, used by sweeps) lives in ``<root>/<notebook>/<group>/<run name>/``;
 ``stop=`` (an event) lets a caller outside the main thread interrupt a run as SIGINT would.
@@ -34,9 +40,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
+import datetime as _dt
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,17 +51,26 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
-from ..files import stage_dir_for, swap_in
-from .params import ParameterError, coerce_all, notebook_parameters
-from .paths import PROJECT_ROOT, check_run_name, find_notebook, run_dir
+import jupytext
+import nbformat
+
+from ..files import atomic_write_json, swap_in
+from ..markdown import md_table
+from ..provenance import utc_now
+from .claim import RunRefused, claim_run, process_alive
+from .context import CONTEXT_ENV, RunContext, make_context
+from .index import write_index_html
+from .params import ParameterError, check_params, notebook_parameters
+from .paths import PROJECT_ROOT, find_notebook
 from .paths import output_root as resolve_output_root
-from .record import GROUP_ENV, STAGE_ENV, clean_stale_stages, utc_now
+from .signals import SignalFlag
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (transformer-spectra)", "language": "python"}
 CHILD_ERROR = ".child-error.json"
+KERNEL_DIR_PREFIX = "tspectra-kernel-"
+SOCKET_PATH_MAX = 100  # a Unix socket address holds 108 bytes on Linux (104 on macOS)
 GRACE_S = 20.0
 
 
@@ -68,18 +84,15 @@ class NotebookFailed(RuntimeError):
 
 
 class RunInterrupted(RuntimeError):
-    """The run was stopped by SIGINT or SIGTERM; ``.run_dir`` is where it was kept."""
+    """The run was stopped by SIGINT or SIGTERM; ``.run_dir`` is where it was kept (None: nothing kept)."""
 
-    def __init__(self, message: str, run_dir: Path):
+    def __init__(self, message: str, run_dir: Path | None):
         super().__init__(message)
         self.run_dir = run_dir
 
 
 def to_ipynb(src: Path, dst: Path) -> None:
     """A jupytext ``.py`` (or ``.ipynb``) as an ``.ipynb`` with the project kernel and no pairing metadata."""
-    import jupytext
-    import nbformat
-
     nb = jupytext.read(src) if src.suffix == ".py" else nbformat.read(src, as_version=4)
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
     nb.metadata.pop("jupytext", None)
@@ -87,7 +100,7 @@ def to_ipynb(src: Path, dst: Path) -> None:
 
 
 def list_params(notebook) -> list[dict]:
-    """The notebook's parameters: name, type, default and help text."""
+    """The notebook's parameters: name, type, default and help text (its rule included)."""
     return [
         {"name": p.name, "type": p.type, "default": p.default, "help": p.help}
         for p in notebook_parameters(find_notebook(notebook))
@@ -123,6 +136,12 @@ class _Supervisor:
         self.signal = self.signal or signum
         self.send(signal.SIGTERM if first else signal.SIGKILL)
 
+    def stopped(self) -> bool:
+        """True once a signal came or ``stop`` was set (the run must not start, or must stop)."""
+        if self.signal is None and self.stop is not None and self.stop.is_set():
+            self.signal = getattr(self.stop, "signum", None) or signal.SIGINT
+        return self.signal is not None
+
     def send(self, sig) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -133,63 +152,74 @@ class _Supervisor:
 
     def wait(self, proc: subprocess.Popen) -> int:
         self.proc = proc
-        if self.signal is not None:  # a signal came before the child existed
-            self.send(signal.SIGTERM)
         deadline = None
         while True:
+            if self.stopped() and deadline is None:
+                self.send(signal.SIGTERM)
+                deadline = time.monotonic() + GRACE_S
             try:
                 return proc.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
-                if self.signal is None and self.stop is not None and self.stop.is_set():
-                    self._handler(signal.SIGINT, None)
-                if self.signal is not None:
-                    deadline = deadline or time.monotonic() + GRACE_S
-                    if time.monotonic() > deadline:
-                        self.send(signal.SIGKILL)
+                if deadline is not None and time.monotonic() > deadline:
+                    self.send(signal.SIGKILL)
 
 
-def socket_prefix() -> str:
-    """A path prefix for the kernel's IPC sockets of one run alone (runs side by side must not share one)."""
-    return os.path.join(tempfile.gettempdir(), f"tspectra-kernel-{uuid.uuid4().hex[:12]}")
+# ----------------------------------------------------------------------------- the kernel's sockets
+def _kernel_bases() -> list[str]:
+    return list(dict.fromkeys([tempfile.gettempdir(), "/tmp"]))
 
 
-def remove_sockets(prefix: str) -> None:
-    """Delete the kernel's IPC socket files ``<prefix>-<n>``."""
-    for f in glob.glob(glob.escape(prefix) + "-*"):
-        with contextlib.suppress(OSError):
-            os.unlink(f)
+def kernel_dir() -> Path:
+    """A private folder for one kernel's IPC sockets and connection file, named after this runner's pid: in
+    the temp folder, or in /tmp when the temp folder's path is too long for a socket address."""
+    for base in _kernel_bases():
+        if len(base) + len(KERNEL_DIR_PREFIX) + 24 + len("/kernel-99") <= SOCKET_PATH_MAX:
+            return Path(tempfile.mkdtemp(prefix=f"{KERNEL_DIR_PREFIX}{os.getpid()}-", dir=base))
+    raise OSError("no temp folder with a path short enough for the kernel's sockets: set TMPDIR=/tmp")
 
 
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting to be reaped counts as ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+def remove_stale_kernel_dirs() -> None:
+    """Remove the kernel folders of runners that no longer run (killed together with their child)."""
+    for base in _kernel_bases():
+        for d in Path(base).glob(f"{KERNEL_DIR_PREFIX}*"):
+            m = re.match(rf"{KERNEL_DIR_PREFIX}(\d+)-", d.name)
+            if m and d.is_dir() and not process_alive(int(m.group(1))):
+                shutil.rmtree(d, ignore_errors=True)
 
 
-def kill_kernel(stage: Path) -> None:
-    """Stop the kernel recorded in the staging folder if it still runs (after an interrupt or a failure)."""
-    try:
+def _kernel_pids(stage: Path, kernel_dir: Path | None) -> set[int]:
+    """The run's kernel: the pid its record names, and any process started with a connection file in the
+    run's kernel folder (a kernel that has not opened its record yet)."""
+    pids = set()
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         pid = int(json.loads((stage / "run.json").read_text())["pid"])
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if b"ipykernel" not in cmd:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        deadline = time.monotonic() + 3.0
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        while process_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not process_alive(pid):
-            return
+        if b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            pids.add(pid)
+    if kernel_dir is not None:
+        key = str(kernel_dir).encode()
+        for proc in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError, ValueError):
+                if key in proc.joinpath("cmdline").read_bytes() and int(proc.name) != os.getpid():
+                    pids.add(int(proc.name))
+    return pids
+
+
+def kill_kernel(stage: Path, kernel_dir: Path | None = None) -> None:
+    """Stop the run's kernel if it still runs (after an interrupt, a failure, or the runner's death), before
+    its staging folder is removed: a kernel left running would write into it again."""
+    for pid in _kernel_pids(stage, kernel_dir):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            deadline = time.monotonic() + 3.0
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            while process_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not process_alive(pid):
+                break
 
 
 def _mark_notebook(path: Path, status: str, signum: int | None) -> None:
     """Strip jupytext pairing metadata and record the status; after an interrupt, say where it stopped."""
-    import nbformat
 
     if not path.is_file():
         return
@@ -220,48 +250,42 @@ def _mark_notebook(path: Path, status: str, signum: int | None) -> None:
     os.replace(tmp, path)
 
 
-def _finalize(
-    stage: Path,
-    final: Path,
-    nb_name: str,
-    run_name: str,
-    params: dict,
-    status: str,
-    error: dict | None,
-    started: str,
-    replace: bool,
-    signum: int | None,
-    group: str | None = None,
-) -> Path:
+def _seconds_between(a: str, b: str) -> float | None:
+    try:
+        return (_dt.datetime.fromisoformat(b) - _dt.datetime.fromisoformat(a)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def _finalize(ctx: RunContext, status: str, error: dict | None, started: str, replace: bool, signum) -> Path:
+    """Record the outcome in ``run.json``, mark the notebook, drop temp files and swap the stage into place."""
+    stage = Path(ctx.stage)
     rec_path = stage / "run.json"
     try:
         rec = json.loads(rec_path.read_text())
     except (OSError, ValueError):
-        rec = {"notebook": nb_name, "run_name": run_name, "group": group, "params": params, "files": []}
-    rec.update(
-        status=status,
-        started_utc=rec.get("started_utc") or started,
-        ended_utc=utc_now(),
-        error=error,
-        runner_pid=os.getpid(),
-    )
+        rec = {"notebook": ctx.notebook, "run_name": ctx.run_name, "group": ctx.group, "params": ctx.params}
+        rec["files"] = []
+    rec.update(status=status, started_utc=rec.get("started_utc") or started, error=error, runner_pid=os.getpid())
+    if status != "complete" or not rec.get("ended_utc"):  # a complete run's kernel recorded its own end
+        rec["ended_utc"] = utc_now()
+        rec["elapsed_s"] = _seconds_between(rec["started_utc"], rec["ended_utc"])
     if status == "interrupted":
         rec["signal"] = signal.Signals(signum).name if signum else None
-    _mark_notebook(stage / f"{nb_name}.ipynb", status, signum)
-    for p in stage.iterdir():  # temp files of atomic writes and of the child
+    _mark_notebook(stage / f"{ctx.notebook}.ipynb", status, signum)
+    for p in stage.iterdir():  # temp files of atomic writes, of the child and of the claim
         if p.name.startswith(".") and p.is_file():
             p.unlink(missing_ok=True)
-    from ..files import atomic_write_json
-
     atomic_write_json(rec_path, rec)
-    target = final if status == "complete" or replace else final.with_name(f"{run_name}.{status}")
+    final = ctx.final
+    target = final if status == "complete" or replace else final.with_name(f"{ctx.run_name}.{status}")
     swap_in(stage, target)
     return target
 
 
 def execute(
     notebook,
-    run_name: str = "default",
+    run_name: str | None = None,
     params: dict | None = None,
     output_root: str | None = None,
     replace: bool = False,
@@ -272,78 +296,89 @@ def execute(
 ) -> Path:
     """Execute a notebook with parameters into its run folder (module docstring); returns the folder.
 
-    ``group``: the run goes to ``<root>/<notebook>/<group>/<run_name>/``. ``stop``: an object with
-    ``is_set()`` (a ``threading.Event``); once set, the run is interrupted as by SIGINT.
+    ``run_name`` / ``output_root``: as ``--run-name`` / ``--output-root``, or the parameters of those
+    names (two different values are refused); default ``default`` and ``output``. ``group``: the run
+    goes to ``<root>/<notebook>/<group>/<run_name>/``. ``stop``: an object with ``is_set()`` (a
+    ``threading.Event``); once set, the run is interrupted as by SIGINT.
 
-    Raises ``ValueError`` (bad name or parameter) before anything is created, :class:`NotebookFailed`
-    when a cell raised, :class:`RunInterrupted` after SIGINT / SIGTERM.
+    Raises ``ValueError`` (:class:`~utils.running.params.ParameterError`, a bad name, an unusable output
+    root, the name in use: :class:`~utils.running.paths.RunRefused`) before anything is created,
+    :class:`NotebookFailed` when a cell raised, :class:`RunInterrupted` after SIGINT / SIGTERM.
     """
-    src = find_notebook(notebook)
-    nb_name = src.stem
-    typed = coerce_all(notebook_parameters(src), dict(params or {}))
-    if "device" in typed:  # the same rule as start_run, before a kernel is started
-        from ..device import resolve_device
+    ctx = make_context(notebook, params, run_name, output_root, group)
+    return execute_context(ctx, replace=replace, timeout=timeout, progress=progress, stop=stop)
 
-        resolve_device(typed["device"])
-    check_run_name(run_name)
-    root = resolve_output_root(output_root)
-    final = run_dir(root, nb_name, run_name, group)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_stages(final)
-    stage = stage_dir_for(final)
-    stage.mkdir()
-    typed.update(run_name=run_name, output_root=str(root))
+
+def execute_context(ctx: RunContext, replace: bool = False, timeout=None, progress: bool = False, stop=None) -> Path:
+    """:func:`execute` for a context already made (a sweep makes them when it plans its runs). What depends on
+    the machine (a visible GPU, the model's files) is checked again here, where the notebook runs."""
+    check_params(notebook_parameters(ctx.source), ctx.params, here=True)
+    remove_stale_kernel_dirs()
+    if stop is not None and stop.is_set():
+        raise RunInterrupted(f"{ctx.label}: stopped before it started; nothing was written", None)
+    claim = claim_run(ctx.final, Path(ctx.root), f"run {ctx.label}", group=ctx.group)
+    ctx = ctx.with_stage(claim.stage)
+    stage, kdir = claim.stage, kernel_dir()
     args = {
-        "source": str(src),
-        "output": str(stage / f"{nb_name}.ipynb"),
-        "parameters": typed,
+        "source": ctx.source,
+        "output": str(stage / f"{ctx.notebook}.ipynb"),
+        "parameters": ctx.params,
         "timeout": timeout,
         "progress": progress,
-        "sockets": socket_prefix(),
+        "kernel_dir": str(kdir),
     }
-    env = dict(os.environ, **{STAGE_ENV: str(stage), "TSPECTRA_HEADLESS": "1", "PYTHONUNBUFFERED": "1"})
-    env.pop(GROUP_ENV, None)
-    if group:
-        env[GROUP_ENV] = group
+    env = dict(os.environ, **{CONTEXT_ENV: ctx.to_json(), "TSPECTRA_HEADLESS": "1", "PYTHONUNBUFFERED": "1"})
     started = utc_now()
-    with _Supervisor(stop) as sup:
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "utils.running.child", json.dumps(args)],
-                cwd=PROJECT_ROOT,
-                env=env,
-                start_new_session=True,
-            )
-            rc = sup.wait(proc)
-        except BaseException:  # the runner itself failed: leave nothing behind
-            sup.send(signal.SIGKILL)
-            kill_kernel(stage)
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        error = None
-        if sup.signal is not None:
-            status = "interrupted"
-        elif rc == 0:
-            status = "complete"
-        else:
-            status = "failed"
+    try:
+        with _Supervisor(stop) as sup:
             try:
-                error = json.loads((stage / CHILD_ERROR).read_text())
-            except (OSError, ValueError):
-                error = {"ename": "ExecutionError", "evalue": f"the notebook process exited with code {rc}"}
-        if status != "complete":
-            kill_kernel(stage)
-        remove_sockets(args["sockets"])  # the kernel's IPC sockets, however it ended
-        target = _finalize(stage, final, nb_name, run_name, typed, status, error, started, replace, sup.signal, group)
-    nb_path = target / f"{nb_name}.ipynb"
+                if sup.stopped():
+                    rc = None
+                else:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "utils.running.child", json.dumps(args)],
+                        cwd=PROJECT_ROOT,
+                        env=env,
+                        start_new_session=True,
+                    )
+                    rc = sup.wait(proc)
+            except BaseException:  # the runner itself failed: leave nothing behind
+                sup.send(signal.SIGKILL)
+                kill_kernel(stage, kdir)
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+            error = None
+            if sup.signal is not None:
+                status = "interrupted"
+            elif rc == 0:
+                status = "complete"
+            else:
+                status = "failed"
+                try:
+                    error = json.loads((stage / CHILD_ERROR).read_text())
+                except (OSError, ValueError):
+                    error = {"ename": "ExecutionError", "evalue": f"the notebook process exited with code {rc}"}
+            if status != "complete":
+                kill_kernel(stage, kdir)
+            if status == "interrupted" and not (stage / "run.json").is_file():  # no cell of the notebook ran
+                shutil.rmtree(stage, ignore_errors=True)
+                name = signal.Signals(sup.signal).name
+                raise RunInterrupted(
+                    f"{ctx.label}: interrupted by {name} before the notebook started; nothing kept", None
+                )
+            target = _finalize(ctx, status, error, started, replace, sup.signal)
+    finally:
+        shutil.rmtree(kdir, ignore_errors=True)  # the kernel's IPC sockets, however it ended
+        claim.release()
+    nb_path = target / f"{ctx.notebook}.ipynb"
     if status == "interrupted":
         raise RunInterrupted(
-            f"{nb_name}: interrupted by {signal.Signals(sup.signal).name}; partial run kept in {target}", target
+            f"{ctx.notebook}: interrupted by {signal.Signals(sup.signal).name}; partial run kept in {target}", target
         )
     if status == "failed":
         where = f"cell {error.get('exec_count')} raised " if error.get("exec_count") else ""
         raise NotebookFailed(
-            f"{nb_name}: {where}{error.get('ename')}: {error.get('evalue')}\n"
+            f"{ctx.notebook}: {where}{error.get('ename')}: {error.get('evalue')}\n"
             f"executed notebook kept with the error visible: {nb_path}",
             nb_path,
             target,
@@ -352,12 +387,28 @@ def execute(
 
 
 # ----------------------------------------------------------------------------- command line
-def main(argv=None) -> int:
+def _option(params: dict, name: str, value, option: str) -> None:
+    """Put an option's value into the parameters; a different value given with -p is refused."""
+    if value is None:
+        return
+    if name in params and str(params[name]) != str(value):
+        raise ParameterError(
+            f"{option} {value!r} and -p {name} {params[name]!r} disagree: give the {name.replace('_', ' ')} once"
+        )
+    params[name] = value
+
+
+def main(argv=None, stop: SignalFlag | None = None) -> int:
+    # Until a run's supervisor takes over (and again after it), a SIGINT / SIGTERM is noted by ``stop``: a
+    # signal before the run starts stops it from starting, and one during the clean-up cannot kill it halfway.
+    stop = stop or SignalFlag().install()
     ap = argparse.ArgumentParser(
         prog="python -m utils.run_notebook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("notebook", help="notebooks/NN_name.py, NN_name or NN")
-    ap.add_argument("--run-name", default="default", help="results go to <output-root>/<notebook>/<run-name>/")
+    ap.add_argument(
+        "--run-name", default=None, help="results go to <output-root>/<notebook>/<run-name>/ (default: default)"
+    )
     ap.add_argument(
         "-p",
         "--param",
@@ -365,7 +416,8 @@ def main(argv=None) -> int:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="set a parameter (repeatable); the value is converted to the parameter's declared type",
+        help="set a parameter (repeatable); the value is converted to the parameter's declared type and checked "
+        "against its rule; -p run_name / -p output_root are --run-name / --output-root",
     )
     ap.add_argument("--model", default=None, help="set the `model` parameter, for notebooks that have one")
     ap.add_argument(
@@ -382,45 +434,44 @@ def main(argv=None) -> int:
     ap.add_argument("--list-params", action="store_true", help="print the notebook's parameters and exit")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     a = ap.parse_args(argv)
-    # while a run is active its supervisor handles SIGINT / SIGTERM; around it, the command line
-    # absorbs them (noting the first), so a second signal during the clean-up cannot kill it halfway
-    got = []
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, lambda signum, frame: got.append(signum))
+    params: dict = {}
     try:
         if a.list_params:
-            from .report import md_table
-
             rows = [[p["name"], p["type"], repr(p["default"]), p["help"]] for p in list_params(a.notebook)]
-            print(md_table(["parameter", "type", "default", "help"], rows))
+            print(md_table(["parameter", "type", "default", "help {rule}"], rows))
             return 0
-        params = dict(a.param)
+        for name, value in a.param:
+            if name in params and params[name] != value:
+                raise ParameterError(f"-p {name} is given twice ({params[name]!r} and {value!r}); give it once")
+            params[name] = value
+        _option(params, "run_name", a.run_name, "--run-name")
+        _option(params, "output_root", a.output_root, "--output-root")
         if a.model is not None:
             if any(p["name"] == "model" for p in list_params(a.notebook)):
-                params.setdefault("model", a.model)
+                _option(params, "model", a.model, "--model")
             else:
                 print(
                     f"note: {find_notebook(a.notebook).stem} takes no `model` parameter; --model ignored",
                     file=sys.stderr,
                 )
-        run = execute(
-            a.notebook, a.run_name, params, a.output_root, replace=a.replace, timeout=a.timeout, progress=True
-        )
+        run = execute(a.notebook, params=params, replace=a.replace, timeout=a.timeout, progress=True, stop=stop)
     except NotebookFailed as e:
         print(f"FAILED: {e}", file=sys.stderr)
-        _write_index(a.output_root)
+        _write_index(params.get("output_root"))
         return 1
     except RunInterrupted as e:
         for s in (signal.SIGINT, signal.SIGTERM):  # Python resets handlers at exit, but keeps SIG_IGN
             signal.signal(s, signal.SIG_IGN)
         print(f"INTERRUPTED: {e}", file=sys.stderr)
+        if e.run_dir is not None:
+            _write_index(params.get("output_root"))
         return 130
-    except (FileNotFoundError, ValueError, ParameterError) as e:
+    except (FileNotFoundError, ValueError, RunRefused) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    _write_index(a.output_root)
-    if got:
-        print(f"INTERRUPTED by {signal.Signals(got[0]).name} before or after the run", file=sys.stderr)
+    _write_index(params.get("output_root"))
+    if stop.is_set():
+        print(f"INTERRUPTED by {stop.name()} after the run completed", file=sys.stderr)
         return 130
     print(f"done: {run}")
     return 0
@@ -428,8 +479,6 @@ def main(argv=None) -> int:
 
 def _write_index(root) -> None:
     """Refresh ``<output root>/index.html`` (every run, :mod:`utils.running.index`); never fails the run."""
-    from .index import write_index_html
-
     try:
         write_index_html(resolve_output_root(root))
     except OSError as e:

@@ -4,7 +4,7 @@
 * :mod:`.execute`: :func:`run_sweep`, every run as a task on a Dask cluster (embedded
   ``LocalCluster`` by default, or an existing scheduler), through the headless runner.
 * :mod:`.index`: the sweep's index of runs (CSV).
-* ``python -m utils.sweep SWEEP.yaml`` (:mod:`.__main__`): the command line.
+* ``python -m utils.sweep SWEEP.yaml`` (:mod:`.cli`): the command line.
 """
 
 from .spec import RunSpec, Sweep, SweepError, load_sweep, parse_sweep

@@ -1,51 +1,68 @@
 """Running a sweep: every run a task on a Dask cluster, through the headless runner.
 
-About 400 lines because planning, submitting, interrupting and indexing a sweep share its state;
-the file format and the index writer are in :mod:`.spec` and :mod:`.index`.
+About 450 lines because planning, claiming, submitting, interrupting and indexing a sweep share its
+state; the file format and the index writer are in :mod:`.spec` and :mod:`.index`.
 
-:func:`run_sweep` plans the runs of a :class:`~utils.sweep.spec.Sweep`, skips those already complete
-with the same parameters, and submits the others to Dask (``dask.distributed``):
+:func:`run_sweep` claims the sweep's name (a lock per notebook folder: the same sweep started twice is
+refused with the first one's pid, and a sweep never takes a single run's name), plans the runs (each
+a checked :class:`~utils.running.context.RunContext`), skips those already complete with the same
+parameters, and submits the others to Dask (``dask.distributed``):
 
 * **Where.** By default an embedded ``LocalCluster`` (one worker process per core, one run at a time
-  per worker, everything on 127.0.0.1); with ``scheduler=`` (or ``$TSPECTRA_DASK_SCHEDULER``) an
-  existing cluster (``dask scheduler`` + ``dask worker``, or ``dask-jobqueue`` on SLURM / PBS), whose
-  workers must see the same output folder. Runs that need a GPU ask for the Dask resource ``GPU=1``:
-  on the embedded cluster one extra worker per CUDA device has it, on a cluster start GPU workers with
-  ``dask worker ADDRESS --resources GPU=1``.
-* **How.** Each task calls :func:`utils.running.runner.execute` (the runner of single runs): the
-  notebook runs in a child process into a hidden staging folder, swapped in whole when it completes.
+  per worker, everything on 127.0.0.1, its scratch space in a temp folder removed at the end); with
+  ``scheduler=`` (or ``$TSPECTRA_DASK_SCHEDULER``) an existing cluster (``dask scheduler`` + ``dask
+  worker``, or ``dask-jobqueue`` on SLURM / PBS), whose workers must see the same output folder. Runs
+  that need a GPU ask for the Dask resource ``GPU=1``: on the embedded cluster one extra worker per
+  CUDA device has it, on a cluster start GPU workers with ``dask worker ADDRESS --resources GPU=1``.
+* **How.** Each task hands its run's context to :func:`utils.running.runner.execute_context` (the
+  runner of single runs): the notebook runs in a child process into a hidden staging folder, swapped
+  in whole when it completes.
 * **Failures.** A failing notebook is a result, not an error: its run is kept as ``<key>.failed/``
   with the executed notebook and the error, and the other runs go on. A worker that dies mid-run takes
   its runner with it; the runner's child then stops the kernel and removes the staging folder, and
   Dask retries the task on a live worker (up to ``distributed.scheduler.allowed-failures`` times).
-* **Ctrl-C.** Runs in progress are interrupted (kept as ``<key>.interrupted/``), runs not started
-  are not started, the index is written, the cluster is closed; a second Ctrl-C stops at once.
-* **After.** The sweep's index (CSV, :mod:`utils.sweep.index`) is rewritten after every run and at the
-  end; ``<output root>/index.html`` lists every run (:mod:`utils.running.index`).
+* **Ctrl-C and SIGTERM** (also while the cluster starts): runs in progress are interrupted (kept as
+  ``<key>.interrupted/``), runs not started are cancelled at once, the index is written, the cluster is
+  closed, exit code 130; a second signal stops at once. Worker processes of the embedded cluster start
+  with SIGINT blocked, so a terminal's Ctrl-C reaches only the sweep's own process.
+* **After.** The sweep's index (CSV, :mod:`utils.sweep.index`) is written once per batch of finished
+  runs and at the end, where every row is checked against the run folders on disk;
+  ``<output root>/index.html`` lists every run (:mod:`utils.running.index`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import platform
 import shutil
 import signal
+import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from pathlib import Path
 
+from ..progress import progress_bar
+from ..provenance import utc_now
+from ..running.claim import ATTEMPTS, claim_group, settle
+from ..running.context import RunContext, make_context, recorded
+from ..running.index import write_index_html
+from ..running.paths import check_output_root
 from ..running.paths import output_root as resolve_output_root
-from ..running.paths import run_dir
-from ..running.record import clean_stale_stages, utc_now
-from .spec import RESERVED, RunSpec, Sweep, SweepError
+from ..running.runner import NotebookFailed, RunInterrupted, execute_context
+from ..running.signals import SignalFlag
+from .index import write_sweep_index
+from .spec import MAX_RUNS, RunSpec, Sweep, SweepError
 
 SCHEDULER_ENV = "TSPECTRA_DASK_SCHEDULER"
 DEFAULT_DASHBOARD = "127.0.0.1:8787"
 STOP_GRACE_S = 60.0
-ATTEMPTS = ("failed", "interrupted")
+POLL_S = 0.25
 
 _STOPS: dict[str, threading.Event] = {}  # per worker process: one event per sweep invocation
 
@@ -75,27 +92,27 @@ def _worker_address() -> str:
 
 def run_task(job: dict, *after) -> dict:
     """Execute one run (a Dask task); returns its index row. ``after``: results of the runs it waited for."""
-    from ..running.runner import NotebookFailed, RunInterrupted, execute
-
     stop = stop_event(job["sweep_id"])
-    row = {"worker": _worker_address(), "host": platform.node(), "started_utc": utc_now(), "executed": True}
+    row = {"worker": _worker_address(), "host": platform.node(), "started_utc": utc_now()}
     if stop.is_set():
-        return {**row, "status": "cancelled", "path": "", "error": "sweep stopped before this run started"}
+        return {**row, "status": "cancelled", "executed": False, "path": "", "error": "sweep stopped before it started"}
     t0 = time.perf_counter()
-    path, error = None, ""
+    path, error, executed = None, "", True
     try:
-        path = execute(job["notebook"], job["key"], job["params"], job["root"], group=job["group"], stop=stop)
+        path = execute_context(RunContext.from_json(job["context"]), stop=stop)
         status = "complete"
         drop_attempts(path)
     except NotebookFailed as e:
         status, path, error = "failed", e.run_dir, str(e)
     except RunInterrupted as e:
-        status, path, error = "interrupted", e.run_dir, str(e)
-    except Exception as e:  # bad parameters, missing notebook: recorded, the sweep goes on
+        status, path, error = ("interrupted", e.run_dir, str(e)) if e.run_dir else ("cancelled", None, str(e))
+        executed = e.run_dir is not None
+    except Exception as e:  # refused (name in use, a GPU missing here): recorded, the sweep goes on
         status, error = "failed", f"{type(e).__name__}: {e}"
     return {
         **row,
         "status": status,
+        "executed": executed,
         "path": str(path or ""),
         "error": error,
         "ended_utc": utc_now(),
@@ -110,51 +127,41 @@ def drop_attempts(final: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- planning
-def expected_params(spec: RunSpec) -> dict:
-    """Every parameter of the run as the notebook will record it (defaults filled in), less the reserved ones."""
-    from ..running.params import notebook_parameters
-    from ..running.paths import notebook_source
-
-    values = {p.name: p.default for p in notebook_parameters(notebook_source(spec.notebook))}
-    values.update(spec.params)
-    return {k: v for k, v in values.items() if k not in RESERVED}
-
-
 def stored_record(final: Path) -> dict | None:
-    import json
-
     try:
         return json.loads((final / "run.json").read_text())
     except (OSError, ValueError):
         return None
 
 
-def is_done(spec: RunSpec, final: Path) -> bool:
-    """True when ``final`` holds a complete run of ``spec`` with exactly the same parameters."""
-    rec = stored_record(final)
+def is_done(ctx: RunContext, final: Path | None = None) -> bool:
+    """True when the run's folder holds a complete run with exactly the parameters of ``ctx``."""
+    rec = stored_record(final or ctx.final)
     if not rec or rec.get("status") != "complete":
         return False
-    stored = {k: v for k, v in (rec.get("params") or {}).items() if k not in RESERVED}
-    return stored == expected_params(spec)
+    return recorded(rec.get("params") or {}) == recorded(ctx.params)
 
 
 @dataclass
 class Planned:
     spec: RunSpec
-    final: Path
+    ctx: RunContext
     done: bool
     execute: bool = True
-    row: dict = field(default_factory=dict)
+
+    @property
+    def final(self) -> Path:
+        return self.ctx.final
 
 
 def plan(sweep: Sweep, root: Path) -> list[Planned]:
-    """Each run with its folder; a run executes unless complete with the same parameters and none of
+    """Each run with its checked context; a run executes unless complete with the same parameters and none of
     the runs it waits for executes."""
     out = []
     for s in sweep.runs:
-        final = run_dir(root, s.notebook, s.key, sweep.name)
-        done = is_done(s, final)
-        out.append(Planned(s, final, done, execute=not done))
+        ctx = make_context(s.source or s.notebook, s.params, s.key, str(root), sweep.name, here=False)
+        done = is_done(ctx)
+        out.append(Planned(s, ctx, done, execute=not done))
     changed = True
     while changed:  # a run after an executing run executes too
         changed = False
@@ -163,6 +170,24 @@ def plan(sweep: Sweep, root: Path) -> list[Planned]:
             if not p.execute and any(a in executing for a in p.spec.after):
                 p.execute = changed = True
     return out
+
+
+# ----------------------------------------------------------------------------- signals
+@contextlib.contextmanager
+def sigint_held():
+    """SIGINT blocked in this thread while worker processes are started: threads and processes started
+    meanwhile inherit the block (a terminal's Ctrl-C then reaches only this process), and a Ctrl-C that
+    comes meanwhile is delivered, not lost, when the block ends."""
+    main = threading.current_thread() is threading.main_thread()
+    # multiprocessing's resource tracker unblocks SIGINT in the thread that first starts it (bpo-33613):
+    # start it first, so that no thread of the cluster unblocks SIGINT by starting it later
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # ----------------------------------------------------------------------------- the cluster
@@ -176,23 +201,10 @@ def local_gpu_count() -> int:
 
 
 @contextlib.contextmanager
-def ignore_sigint():
-    """SIGINT ignored while worker processes are started, so Ctrl-C reaches only this process."""
-    main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-    try:
-        yield
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, old)
-
-
-@contextlib.contextmanager
 def open_client(scheduler: str | None = None, workers: int | None = None, gpus: int = 0, dashboard=DEFAULT_DASHBOARD):
     """A Dask client: on ``scheduler`` (or ``$TSPECTRA_DASK_SCHEDULER``), else on an embedded LocalCluster
     with ``workers`` CPU workers (default: one per core) and ``gpus`` GPU workers (resource ``GPU=1``)."""
-    import logging
-
+    import dask
     from distributed import Client, LocalCluster
 
     address = scheduler or os.environ.get(SCHEDULER_ENV, "").strip() or None
@@ -209,30 +221,38 @@ def open_client(scheduler: str | None = None, workers: int | None = None, gpus: 
     n = workers or os.cpu_count() or 1
     threads = str(max(1, (os.cpu_count() or 1) // n))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
-    with ignore_sigint():
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=dashboard,
-            silence_logs=logging.ERROR,
-            env=env,
-        )
-        for j in range(gpus):
-            opts = dict(cluster.new_spec["options"], resources={"GPU": 1}, env={**env, "CUDA_VISIBLE_DEVICES": str(j)})
-            cluster.worker_spec[f"gpu-{j}"] = {"cls": cluster.new_spec["cls"], "options": opts}
-        if gpus:
-            cluster.scale(len(cluster.worker_spec))
-        client = Client(cluster)
-        if gpus:
-            client.wait_for_workers(n + gpus, timeout=120)
+    scratch = tempfile.mkdtemp(prefix="tspectra-dask-")
+    cluster = client = None
     try:
+        with sigint_held(), dask.config.set({"temporary-directory": scratch}):
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=dashboard,
+                silence_logs=logging.ERROR,
+                local_directory=scratch,
+                env=env,
+            )
+            for j in range(gpus):
+                opts = dict(
+                    cluster.new_spec["options"], resources={"GPU": 1}, env={**env, "CUDA_VISIBLE_DEVICES": str(j)}
+                )
+                cluster.worker_spec[f"gpu-{j}"] = {"cls": cluster.new_spec["cls"], "options": opts}
+            if gpus:
+                cluster.scale(len(cluster.worker_spec))
+            client = Client(cluster)
+            if gpus:
+                client.wait_for_workers(n + gpus, timeout=120)
         yield client
     finally:
-        client.close()
-        with ignore_sigint():
-            cluster.close()
+        with sigint_held():
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def gpu_workers(client) -> list[str]:
@@ -250,11 +270,12 @@ class SweepResult:
     index_html: Path | None = None
     dashboard: str = ""
     gpu_workers: list = field(default_factory=list)
+    signal: str = ""
 
     def counts(self) -> dict:
         out: dict = {}
         for r in self.rows:
-            k = r["status"] if r.get("executed") else f"{r['status']} (skipped)"
+            k = r["status"] if r.get("executed") or r["status"] != "complete" else f"{r['status']} (skipped)"
             out[k] = out.get(k, 0) + 1
         return out
 
@@ -283,12 +304,6 @@ def _initial_row(p: Planned, sweep: Sweep) -> dict:
     }
 
 
-def _job(p: Planned, sweep: Sweep, root: Path, sweep_id: str) -> dict:
-    s = p.spec
-    return {"notebook": s.notebook, "key": s.key, "params": s.params, "root": str(root), "group": sweep.name,
-            "sweep_id": sweep_id}  # fmt: skip
-
-
 def _future_row(fut) -> dict:
     if fut.status == "finished":
         return fut.result()
@@ -307,19 +322,50 @@ def run_sweep(
     dashboard: str = DEFAULT_DASHBOARD,
     progress: bool = True,
     html_index: bool = True,
+    max_runs: int | None = MAX_RUNS,
+    signals: SignalFlag | None = None,
 ) -> SweepResult:
-    """Run every run of ``sweep`` that is not already complete (module docstring)."""
-    from .index import write_sweep_index
+    """Run every run of ``sweep`` that is not already complete (module docstring). ``max_runs``: refuse a
+    sweep of more runs (None: no limit). ``signals``: a flag already noting SIGINT / SIGTERM (the command
+    line installs one first thing); by default one is installed for the sweep's duration. Raises
+    :class:`SweepError` or a :class:`~utils.running.paths.RunRefused` (the sweep running already, a name
+    clash, an unusable output root) before any run starts."""
+    root = check_output_root(resolve_output_root(output_root))
+    if max_runs is not None and len(sweep.runs) > max_runs:
+        raise SweepError(
+            f"sweep {sweep.name} has {len(sweep.runs):,} runs, more than the limit of {max_runs:,}: "
+            f"pass --max-runs {len(sweep.runs)} (or --yes) to run them all"
+        )
+    own = signals is None
+    signals = signals if signals is not None else SignalFlag().install()
+    try:
+        locks = []
+        try:
+            for nb in sweep.notebooks():
+                locks.append(claim_group(root / nb / sweep.name, root, f"sweep {sweep.name}"))
+            result = _run(sweep, root, scheduler, workers, gpus, dashboard, progress, signals)
+        finally:
+            for lock in locks:
+                lock.release()
+        result.index_csv = write_sweep_index(root, sweep, result.rows)
+        if html_index:
+            result.index_html = write_index_html(root)
+    finally:
+        if own:
+            signals.restore()
+    return result
 
-    root = resolve_output_root(output_root)
+
+def _run(sweep, root, scheduler, workers, gpus, dashboard, progress, signals) -> SweepResult:
     planned = plan(sweep, root)
     rows = [_initial_row(p, sweep) for p in planned]
     todo = [i for i, p in enumerate(planned) if p.execute]
     result = SweepResult(sweep, rows, root)
-    result.index_csv = write_sweep_index(root, sweep, rows)
-    need_gpu = [planned[i].spec for i in todo if planned[i].spec.gpu]
-    if todo:
-        remote = bool(scheduler or os.environ.get(SCHEDULER_ENV, "").strip())
+    write_sweep_index(root, sweep, rows)
+    t_start = utc_now()
+    remote = bool(scheduler or os.environ.get(SCHEDULER_ENV, "").strip())
+    if todo and not signals.count:
+        need_gpu = [planned[i].spec for i in todo if planned[i].spec.gpu]
         n_gpus = 0 if remote else (gpus if gpus is not None else (local_gpu_count() if need_gpu else 0))
         if need_gpu and not remote and n_gpus == 0:
             raise SweepError(
@@ -335,27 +381,28 @@ def run_sweep(
                     f"{need_gpu[0].label} needs a GPU but no worker of the cluster has the resource GPU "
                     "(start one with: dask worker ADDRESS --resources GPU=1)"
                 )
-            print(f"sweep {sweep.name}: {len(todo)} run(s) to execute, {len(rows) - len(todo)} already complete; "
-                  f"Dask dashboard: {result.dashboard or 'not available (install bokeh)'}", flush=True)  # fmt: skip
-            result.interrupted = _execute(client, sweep, planned, rows, todo, root, progress, result)
-    else:
+            if not signals.count:
+                print(f"sweep {sweep.name}: {len(todo)} run(s) to execute, {len(rows) - len(todo)} already complete; "
+                      f"Dask dashboard: {result.dashboard or 'not available (install bokeh)'}", flush=True)  # fmt: skip
+                _execute(client, sweep, planned, rows, todo, root, progress, signals)
+    elif not todo:
         print(f"sweep {sweep.name}: all {len(rows)} run(s) already complete with the same parameters", flush=True)
-    if not scheduler and not os.environ.get(SCHEDULER_ENV, "").strip():
+    for i in todo:  # runs never submitted (a signal came before the cluster was up)
+        if rows[i]["status"] in ("pending", "queued"):
+            rows[i].update(
+                status="cancelled", executed=False, error=f"sweep stopped by {signals.name()} before it started"
+            )
+    if not remote:
         settle_stages([p.final for p in planned])
-    result.index_csv = write_sweep_index(root, sweep, rows)
-    if html_index:
-        from ..running.index import write_index_html
-
-        result.index_html = write_index_html(root)
+    reconcile(planned, rows, t_start)
+    result.interrupted = bool(signals.count)
+    result.signal = signals.name()
     return result
 
 
-def _execute(client, sweep, planned, rows, todo, root, progress, result) -> bool:
-    """Submit the runs, collect their rows as they finish; returns True when stopped by Ctrl-C."""
-    from distributed import as_completed, wait
-
-    from ..progress import progress_bar
-    from .index import write_sweep_index
+def _execute(client, sweep, planned, rows, todo, root, progress, signals) -> None:
+    """Submit the runs and collect their rows in batches until done, or until a signal stops the sweep."""
+    from distributed import as_completed
 
     sweep_id = uuid.uuid4().hex[:12]
     futures, by_notebook = {}, {}
@@ -364,7 +411,7 @@ def _execute(client, sweep, planned, rows, todo, root, progress, result) -> bool
         deps = [f for nb in p.spec.after for f in by_notebook.get(nb, [])]
         fut = client.submit(
             run_task,
-            _job(p, sweep, root, sweep_id),
+            {"context": p.ctx.to_json(), "sweep_id": sweep_id},
             *deps,
             key=f"{p.spec.notebook}/{p.spec.key}-{sweep_id}",
             pure=False,
@@ -374,49 +421,80 @@ def _execute(client, sweep, planned, rows, todo, root, progress, result) -> bool
         by_notebook.setdefault(p.spec.notebook, []).append(fut)
         rows[i]["status"] = "queued"
     bar = progress_bar(total=len(futures), desc=f"sweep {sweep.name}", unit="run", disable=not progress)
+    done_q = as_completed(list(futures))
 
-    def take(fut):
-        i = futures.pop(fut)
-        rows[i].update(_future_row(fut))
-        bar.update(1)
-        bar.set_postfix_str(f"{rows[i]['notebook']}/{rows[i]['run_key']}: {rows[i]['status']}")
-        write_sweep_index(root, sweep, rows)
+    def take(batch) -> None:
+        batch = [f for f in batch if f in futures]
+        for fut in batch:
+            i = futures.pop(fut)
+            rows[i].update(_future_row(fut))
+            bar.set_postfix_str(f"{rows[i]['notebook']}/{rows[i]['run_key']}: {rows[i]['status']}")
+        if batch:
+            bar.update(len(batch))
+            write_sweep_index(root, sweep, rows)
 
-    interrupted = False
     try:
-        for fut in as_completed(list(futures)):
-            take(fut)
-    except KeyboardInterrupt:
-        interrupted = True
-        bar.write("Ctrl-C: interrupting the runs in progress, starting no new one (Ctrl-C again to stop at once)")
-        try:
-            client.run(set_stop, sweep_id)
-            with contextlib.suppress(TimeoutError):
-                wait(list(futures), timeout=STOP_GRACE_S)
-            for fut in [f for f in futures if f.done()]:
-                take(fut)
-        except KeyboardInterrupt:
-            bar.write("stopping at once")
-        for fut, i in futures.items():
-            fut.cancel()
-            rows[i].update(status="cancelled", error="sweep interrupted")
+        while futures and not signals.count:
+            take(done_q.next_batch(block=False))
+            time.sleep(POLL_S)
+        if futures and signals.count:
+            _interrupt(client, sweep_id, futures, rows, done_q, take, bar, signals)
     finally:
         bar.close()
         with contextlib.suppress(Exception):
             client.run(forget_stop, sweep_id)
-    return interrupted
 
 
-def settle_stages(finals: list[Path], timeout: float = 5.0) -> int:
-    """Remove staging folders left by runs whose processes are gone (a killed worker's run stops its
-    kernel and removes its own staging folder within a second or two); returns how many remain."""
+def _interrupt(client, sweep_id, futures, rows, done_q, take, bar, signals) -> None:
+    """Interrupt the runs in progress, cancel the rest in one call, wait for the interrupted ones."""
+    bar.write(f"{signals.name()}: interrupting the runs in progress, cancelling the others "
+              "(a second Ctrl-C stops at once)")  # fmt: skip
+    with contextlib.suppress(Exception):
+        client.run(set_stop, sweep_id)
+    try:
+        processing = {k for keys in client.processing().values() for k in keys}
+    except Exception:
+        processing = set()
+    waiting = [f for f in futures if f.key not in processing and not f.done()]
+    client.cancel(waiting)
+    for f in waiting:
+        rows[futures.pop(f)].update(status="cancelled", executed=False, error="sweep interrupted before it started")
+    deadline = time.monotonic() + STOP_GRACE_S
+    while futures and signals.count < 2 and time.monotonic() < deadline:
+        take(done_q.next_batch(block=False))
+        time.sleep(POLL_S)
+    if futures:
+        bar.write("stopping at once" if signals.count >= 2 else "runs did not stop in time: stopping at once")
+        client.cancel(list(futures))
+        for i in futures.values():
+            rows[i].update(status="cancelled", executed=True, error="sweep stopped at once while this run was running")
+        futures.clear()
+    take([])
+
+
+def settle_stages(finals: list[Path], timeout: float = 15.0) -> int:
+    """Remove staging folders and lock files left by runs whose processes are gone, waiting for those whose
+    notebook process still lives (a killed worker's run stops its kernel, within a few seconds, and removes
+    its own staging folder); returns how many remain."""
     deadline = time.monotonic() + timeout
     while True:
-        left = 0
-        for f in finals:
-            if f.parent.is_dir():
-                clean_stale_stages(f)
-                left += len(list(f.parent.glob(f".{f.name}.staging-*")))
+        left = sum(not settle(f) for f in finals if f.parent.is_dir())
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.25)
+
+
+def reconcile(planned: list[Planned], rows: list[dict], since: str) -> None:
+    """Make every row say what the disk holds: a run that completed (or was kept as interrupted) during this
+    sweep, after its row was written off as cancelled, is recorded as such."""
+    for p, row in zip(planned, rows):
+        if row["status"] in ("complete", "failed"):
+            continue
+        rec = stored_record(p.final)
+        if rec and rec.get("status") == "complete" and is_done(p.ctx) and (rec.get("ended_utc") or "") >= since:
+            row.update(status="complete", executed=True, path=str(p.final), error="")
+            continue
+        kept = p.final.with_name(f"{p.final.name}.interrupted")
+        rec = stored_record(kept)
+        if rec and (rec.get("ended_utc") or "") >= since:
+            row.update(status="interrupted", executed=True, path=str(kept))

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rep = verify_spectral_file(a.out, inputs=a.runs)
         else:
             rep = verify_spectral_file(a.file, inputs=a.inputs or None)
-    except (MergeMismatchError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (MergeMismatchError, FileExistsError, FileNotFoundError, IsADirectoryError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(rep.summary())

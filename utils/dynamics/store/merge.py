@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...files import default_file_mode, temp_path_next_to
+from ...provenance import utc_now
 from .layout import (
     BATCH_INDEX_DOC,
     DATASET_RE,
@@ -19,7 +20,6 @@ from .layout import (
     RUN_GROUP_RE,
     h5py_module,
     natural_key,
-    utc_now,
     write_attrs,
 )
 
@@ -113,7 +113,8 @@ def merge_runs(run_files: Sequence[str | os.PathLike], out_path: str | os.PathLi
     them. The output is written under a temp name and renamed at the end, so an interrupted merge
     leaves no file under ``out_path``. Without ``overwrite`` the final name is created exclusively
     (a hard link), so of several merges racing to one new name exactly one succeeds and the others
-    get ``FileExistsError``. The output folder must exist.
+    get ``FileExistsError``. The output folder must exist, the output must not be a folder, and each run
+    file is given once (the same file twice, under any name, is refused).
     """
     h5py = h5py_module()
     paths = [Path(p) for p in run_files]
@@ -122,7 +123,20 @@ def merge_runs(run_files: Sequence[str | os.PathLike], out_path: str | os.PathLi
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"run file {p} does not exist")
+    seen: dict[tuple[int, int], int] = {}
+    for r, p in enumerate(paths, start=1):
+        st = p.stat()
+        first = seen.setdefault((st.st_dev, st.st_ino), r)
+        if first != r:
+            raise ValueError(
+                f"run file {p} is given twice (runs {first} and {r}): a merged file of N runs needs N different "
+                "run files; give each once"
+            )
     out_path = Path(out_path)
+    if out_path.is_dir():
+        raise IsADirectoryError(
+            f"the output {out_path} is a folder: give the merged file's name, e.g. {out_path}/merged.h5"
+        )
     if not out_path.parent.is_dir():
         raise FileNotFoundError(
             f"output folder {out_path.parent} does not exist: create it first or choose another path"

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ...files import Transaction, publish, temp_path_next_to
+from ...provenance import utc_now
 from .layout import (
     ANALYSES,
     BATCH_INDEX_DOC,
@@ -18,7 +19,6 @@ from .layout import (
     FORMAT,
     FORMAT_VERSION,
     h5py_module,
-    utc_now,
     write_attrs,
     write_spectrum,
 )
