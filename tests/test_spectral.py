@@ -138,3 +138,24 @@ def test_the_gpu_code_paths_run_on_the_cpu(tiny_llama_dir):
     assert gpu_like.attrs["method"] == "batched svd (float32)" and exact.attrs["method"] == "gram (float64)"
     np.testing.assert_allclose(gpu_like.eff_rank, exact.eff_rank, rtol=1e-4)
     np.testing.assert_allclose(gpu_like.spectral_norm, exact.spectral_norm, rtol=1e-5)
+
+
+def test_only_utils_device_asks_torch_cuda(monkeypatch):
+    """Issue 21: one module answers 'is there a GPU, how many, which': utils.device. A visible GPU, faked
+    there, reaches the run record and the sweep's worker count."""
+    from pathlib import Path
+
+    import utils
+    import utils.device as device
+    from utils.provenance import package_versions
+    from utils.sweep.execute import local_gpu_count
+
+    root = Path(utils.__file__).parent
+    askers = [str(p.relative_to(root)) for p in root.rglob("*.py") if "torch.cuda" in p.read_text() and p.name != "device.py"]
+    assert askers == []
+    monkeypatch.setattr(device, "cuda_available", lambda: True)
+    monkeypatch.setattr(device, "gpu_count", lambda: 3)
+    monkeypatch.setattr(device, "gpu_name", lambda i=0: "Fake GPU")
+    assert local_gpu_count() == 3
+    v = package_versions()
+    assert v["cuda_available"] == "True" and v["cuda_device"] == "Fake GPU"

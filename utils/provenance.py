@@ -27,10 +27,10 @@ def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[n] = metadata.version(n)
     try:
-        import torch
-    except ImportError:  # pragma: no cover
+        from utils.device import cuda_available, gpu_name
+    except ImportError:  # pragma: no cover (no torch)
         return out
-    out["cuda_available"] = str(torch.cuda.is_available())
-    if torch.cuda.is_available():
-        out["cuda_device"] = torch.cuda.get_device_name(0)
+    out["cuda_available"] = str(cuda_available())
+    if cuda_available():
+        out["cuda_device"] = gpu_name(0)
     return out

@@ -193,11 +193,10 @@ def sigint_held():
 # ----------------------------------------------------------------------------- the cluster
 def local_gpu_count() -> int:
     try:
-        import torch
-
-        return int(torch.cuda.device_count())
-    except ImportError:
+        from utils.device import gpu_count
+    except ImportError:  # pragma: no cover (no torch)
         return 0
+    return gpu_count()
 
 
 @contextlib.contextmanager
