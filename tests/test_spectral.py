@@ -151,7 +151,9 @@ def test_only_utils_device_asks_torch_cuda(monkeypatch):
     from utils.sweep.execute import local_gpu_count
 
     root = Path(utils.__file__).parent
-    askers = [str(p.relative_to(root)) for p in root.rglob("*.py") if "torch.cuda" in p.read_text() and p.name != "device.py"]
+    askers = [
+        str(p.relative_to(root)) for p in root.rglob("*.py") if "torch.cuda" in p.read_text() and p.name != "device.py"
+    ]
     assert askers == []
     monkeypatch.setattr(device, "cuda_available", lambda: True)
     monkeypatch.setattr(device, "gpu_count", lambda: 3)
