@@ -193,6 +193,8 @@ SMOKE = dict(
     n_boot=50,
     recall_per_context=1,
     min_eval_questions=10,
+    optimise_contexts=1,
+    optimise_steps=2,
 )
 
 
