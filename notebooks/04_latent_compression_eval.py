@@ -73,7 +73,7 @@ optimise_batch: int = 4  # contexts optimised together
 amortise_contexts: int = 0  # training contexts with optimised vectors for the amortisation run on the dev article (0 skips it)
 amortise_dev_contexts: int = 6  # dev contexts optimised to measure the gap in the amortisation run
 amortise_steps: int = 60  # QA steps of each arm of the amortisation run
-w_amortise: float = 1.0  # weight of the regression onto the optimised vectors in the amortisation run
+amortise_weight: float = 1.0  # weight of the regression onto the optimised vectors in the amortisation run
 budget_s: float = 0.0  # wall-clock budget in seconds: no new seed or mode starts after it (0 for none; resume continues)
 resume: bool = False  # resume from the earlier attempt of this run name (checkpoints and finished modes)
 
@@ -110,7 +110,7 @@ run.show(exp.prepare())
 # reading the full context (its top-k answer logits, cached). `pool_adapter` gets the same reader steps;
 # the token classifier gets as many label steps as `latent` has steps. Each reader step runs only over
 # the M slots, the question and the answer, after the cached key/values of the prompt prefix. The same
-# training runs on many processes with `torchrun -m utils.latent.distributed` (README).
+# training runs on many processes with `torchrun -m utils.latent.ddp` (README).
 
 # %%
 trained = exp.train()

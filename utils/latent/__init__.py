@@ -18,7 +18,8 @@
 * :mod:`.compressor`: the trained compressors (latent, pool_adapter, classifier) and their checkpoints.
 * :mod:`.train`: token labels, recall pretraining tasks, losses and the (distributed) training loop.
 * :mod:`.trainer`: per-seed training with checkpoints and resume, the shared training features.
-* :mod:`.distributed`: DDP training under ``torchrun`` (``python -m utils.latent.distributed``).
+* :mod:`.distributed`: one process's place in a DDP run (:class:`.distributed.Dist`).
+* :mod:`.ddp`: the command that trains under DDP (``torchrun -m utils.latent.ddp``).
 * :mod:`.optimise`: the question-agnostic ceiling, M vectors optimised per context.
 * :mod:`.amortise`: one method toward the ceiling (regression onto optimised vectors), judged on dev.
 * :mod:`.report`: the report's tables, acceptance checks and verdict.

@@ -52,7 +52,7 @@ class ExperimentConfig:
     amortise_contexts: int = 0
     amortise_dev_contexts: int = 6
     amortise_steps: int = 60
-    w_amortise: float = 1.0
+    amortise_weight: float = 1.0
     budget_s: float = 0.0
     resume: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -68,7 +68,7 @@ class ExperimentConfig:
         "amortise_contexts",
         "amortise_dev_contexts",
         "amortise_steps",
-        "w_amortise",
+        "amortise_weight",
         "budget_s",
         "dev_articles",
     )

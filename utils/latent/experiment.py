@@ -342,7 +342,7 @@ class Experiment:
                 ts,
                 r,
                 cfg.amortise_steps,
-                cfg.w_amortise,
+                cfg.amortise_weight,
                 log=lambda rec: append_jsonl(log_path, rec),
                 progress=self.progress,
             )
@@ -374,7 +374,7 @@ class Experiment:
         out["sentence"] = (
             f"Amortisation run at r = {r:g} from seed {seed}'s trained `latent`: {len(ts.ctx_ids)} training contexts "
             f"with optimised vectors ({len(ts.qa)} questions), {cfg.amortise_steps} QA steps per arm (batch "
-            f"{t.train_batch_size}, w_amortise = {cfg.w_amortise:g}), scored on the dev article "
+            f"{t.train_batch_size}, w_amortise = {cfg.amortise_weight:g}), scored on the dev article "
             f"({', '.join(self.split.titles('dev'))}: {len(self.dev_ed.qids)} questions on "
             f"{len(self.dev_ed.ctx_ids)} contexts; the per-context ceiling on {n_dev} of them)."
         )

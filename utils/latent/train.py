@@ -207,15 +207,16 @@ def make_optimizer(comp, cfg: TrainConfig, phase: str):
 
 
 class StepLoss(torch.nn.Module):
-    """A compressor whose forward is the loss of one step (``forward(loss_fn)`` = ``loss_fn(compressor)``):
-    what DDP wraps, so that its gradient hooks see every parameter the step uses."""
+    """The part of a compressor a phase trains (the trunk in label steps, else the whole module), with the
+    loss of one step as its forward (``forward(loss_fn)`` = ``loss_fn(module)``): what DDP wraps, so its
+    gradient hooks see exactly the parameters the step uses."""
 
-    def __init__(self, comp: torch.nn.Module):
+    def __init__(self, module: torch.nn.Module):
         super().__init__()
-        self.comp = comp
+        self.module = module
 
     def forward(self, loss_fn):
-        return loss_fn(self.comp)
+        return loss_fn(self.module)
 
 
 def train_module(
@@ -231,8 +232,10 @@ def train_module(
     progress: Callable | None = None,
     dist: Dist | None = None,
     phases: list[tuple[str, int]] | None = None,
+    until: int | None = None,
 ) -> int:
-    """Train ``comp`` (its ``kind``, or the given ``phases``) from ``start_step`` to the end; returns the last step.
+    """Train ``comp`` (its ``kind``, or the given ``phases``) from ``start_step`` to the end, or only up to step
+    ``until`` (a job with a wall-time limit; a resume continues); returns the step reached.
 
     ``log(record)`` gets one dict per step (the losses of the whole batch); ``save(step, optimizer)`` is called
     every ``save_every`` steps and at the end when any step ran. Under ``dist`` each process runs its share of
@@ -243,16 +246,19 @@ def train_module(
         p.requires_grad_(False)
     sched = phases or schedule(comp.kind, cfg)
     total = sum(n for _, n in sched)
-    step_model = dist.wrap(StepLoss(comp))
+    end = total if until is None else max(start_step, min(total, until))
+    step_model = None
     dev = comp.target_rms.device
     B, share = cfg.train_batch_size, dist.share(cfg.train_batch_size)
     phase, opt = None, None
-    it = range(start_step, total)
+    it = range(start_step, end)
     t0 = time.perf_counter()
     keys = ("ce", "kd", "salience", "amortise")
-    for step in progress(it, total - start_step) if progress and dist.main else it:
+    for step in progress(it, end - start_step) if progress and dist.main else it:
         ph = phase_at(sched, step)
         if ph != phase:
+            del step_model  # its DDP hooks go with it before the next phase's wrapper registers its own
+            step_model = dist.wrap(StepLoss(comp.trunk if ph == "salience" else comp))
             phase, opt = ph, make_optimizer(comp, cfg, ph)
             if opt_state is not None and opt_state.get("phase") == ph:
                 opt.load_state_dict(opt_state["state"])
@@ -265,9 +271,9 @@ def train_module(
             idx = [rng.randrange(len(ts.ctx_ids)) for _ in range(B)]
             denom = max(sum(ts.ctx_ids[i].shape[0] for i in idx), 1)
 
-            def loss_fn(c, idx=idx[share], denom=denom):
+            def loss_fn(trunk, idx=idx[share], denom=denom):
                 H, _, mask = context_features(reader.model, ts.ctx_ids, ts.hidden, idx, dev)
-                loss = label_loss(c.trunk(H, mask)[1], mask, [ts.labels[i] for i in idx], denom)
+                loss = label_loss(trunk(H, mask)[1], mask, [ts.labels[i] for i in idx], denom)
                 return loss, {"salience": float(loss.detach())}
 
         else:
@@ -302,7 +308,11 @@ def train_module(
             )
         if save and dist.main and save_every and (step + 1) % save_every == 0 and step + 1 < total:
             save(step + 1, {"phase": ph, "state": opt.state_dict()})
-    if save and dist.main and (start_step < total or start_step == 0):  # a finished module is not written again
+    if save and dist.main and end < total and end > start_step:  # stopped early: keep the optimiser to go on
+        save(end, {"phase": phase, "state": opt.state_dict()})
+    elif (
+        save and dist.main and end == total and (start_step < total or start_step == 0)
+    ):  # a finished module is not written again
         save(total, None)
     dist.barrier()
-    return total
+    return end

@@ -154,9 +154,11 @@ def train_seed(
     progress: Callable | None = None,
     save_every: int = 50,
     dist: Dist | None = None,
+    until: int | None = None,
 ) -> dict:
     """Train the three compressors of one seed, resuming from ``ckpt_dir`` when asked (same config only);
-    under ``dist`` every process trains its share and the main process alone writes ``ckpt_dir``."""
+    under ``dist`` every process trains its share and the main process alone writes ``ckpt_dir``; with
+    ``until``, each compressor only up to that step (a resume continues)."""
     dist = dist or Dist()
     cfg = replace(cfg, seed=seed)
     dev = reader.device
@@ -190,6 +192,7 @@ def train_seed(
             save_every=save_every,
             progress=(lambda it, n, k=kind: progress(it, f"seed {seed} {k}", n)) if progress else None,
             dist=dist,
+            until=until,
         )
     return mods
 
@@ -210,10 +213,13 @@ def load_training_log(path) -> list[dict]:
     return read_jsonl(path, repair=True) if Path(path).is_file() else []
 
 
-def train_from_scratch(cfg, out: str | Path, dist: Dist, device, dtype=torch.float32, save_every: int = 50) -> dict:
+def train_from_scratch(
+    cfg, out: str | Path, dist: Dist, device, dtype=torch.float32, save_every: int = 50, until: int | None = None
+) -> dict:
     """The training side of notebook 04 for an :class:`.config.ExperimentConfig`, on ``dist``'s processes:
     the article split, the shared features in ``<out>/train_cache.pt``, then every seed into
-    ``<out>/ckpt_seed<N>/`` (``cfg.resume`` continues), the log in ``<out>/train_log.jsonl``."""
+    ``<out>/ckpt_seed<N>/`` (``cfg.resume`` continues; ``until`` stops each compressor at that step), the
+    log in ``<out>/train_log.jsonl``."""
     from .experiment import load_split
     from .reader import Reader
 
@@ -245,5 +251,6 @@ def train_from_scratch(cfg, out: str | Path, dist: Dist, device, dtype=torch.flo
             progress=prog,
             save_every=save_every,
             dist=dist,
+            until=until,
         )
     return mods
