@@ -284,3 +284,34 @@ def test_training_prompt_is_the_evaluation_prompt(tiny, reader, monkeypatch):
         ids = parts[1].tolist()
         a = sc.anchor_ids.tolist()
         assert ids[-len(a) :] == a and ids[-2 * len(a) : -len(a)] != a  # ends with exactly one anchor
+
+
+def test_the_gpu_branch_of_training_runs_on_the_cpu(tiny, reader):
+    """issue 21: ``amp="bf16"`` takes the GPU path of a training step (bf16 autocast around the compressor and
+    the reader) on the CPU: the reader's matmuls run in bfloat16 and the loss agrees with float32 to bf16
+    precision; ``"auto"`` on the CPU is float32."""
+    model, tok, sc, ex, enc = tiny
+    ts = _trainset(reader, ex, _cfg())
+    d = model.get_input_embeddings().weight.shape[1]
+    seen = []
+    hook = prompts.decoder_layers(model)[0].self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    losses = {}
+    try:
+        for amp in ("bf16", "auto"):
+            torch.manual_seed(0)
+            comp = compressor.build("latent", d, _cfg(), prompts.token_embedding_rms(model))
+            log, seen[:] = [], []
+            train.train_module(reader, comp, _cfg(amp=amp), ts, log=log.append, phases=[("qa", 1)])
+            losses[amp] = log[0]["loss"]
+            assert set(seen) == {torch.bfloat16 if amp == "bf16" else torch.float32}, amp
+    finally:
+        hook.remove()
+    assert np.isfinite(losses["bf16"]) and losses["bf16"] == pytest.approx(losses["auto"], rel=5e-2)
+
+
+def test_torch_cuda_is_called_only_in_the_device_module():
+    """issue 21: device-dependent calls live in utils/device.py (the latent code asks it, never torch.cuda)."""
+    from conftest import REPO_ROOT
+
+    for f in sorted((REPO_ROOT / "utils" / "latent").glob("*.py")):
+        assert "torch.cuda" not in f.read_text(), f.name

@@ -148,7 +148,9 @@ def segment_ids(n: int, M: int, device=None) -> torch.Tensor:
 
 
 def segment_softmax_pool(x: torch.Tensor, s: torch.Tensor, M: int) -> torch.Tensor:
-    """Pool (n, d) rows into M segments with weights softmax(s) inside each segment -> (M, d)."""
+    """Pool (n, d) rows into M segments with weights softmax(s) inside each segment -> (M, d), in float32
+    (under bf16 autocast the scores come in bfloat16)."""
+    x, s = x.float(), s.float()
     seg = segment_ids(x.shape[0], M, x.device)
     mx = torch.full((M,), float("-inf"), device=x.device).scatter_reduce(0, seg, s.detach(), "amax")
     w = torch.exp(s - mx[seg])

@@ -97,7 +97,7 @@ def optimise_batch(
             init_acc.setdefault(i, float(acc[b]))
             if bool(exact[b]) or step == steps:
                 v = xs[i].detach().float().cpu().clone()
-                out[i] = Optimised(v, step, float(acc[b]), bool(exact[b]), float(loss[b]), init_acc[i], 0.0)
+                out[i] = Optimised(v, step, float(acc[b]), bool(exact[b]), float(loss[b].detach()), init_acc[i], 0.0)
             else:
                 keep.append(b)
         if not keep:
