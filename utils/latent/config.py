@@ -49,6 +49,7 @@ class ExperimentConfig:
     optimise_steps: int = 200
     optimise_lr: float = 0.01
     optimise_batch: int = 4
+    optimise_budget_s: float = 240.0
     amortise_contexts: int = 0
     amortise_dev_contexts: int = 6
     amortise_steps: int = 60
@@ -65,6 +66,7 @@ class ExperimentConfig:
         "recall_per_context",
         "optimise_contexts",
         "optimise_steps",
+        "optimise_budget_s",
         "amortise_contexts",
         "amortise_dev_contexts",
         "amortise_steps",

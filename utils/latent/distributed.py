@@ -5,6 +5,7 @@ the one-process path is the same code. The command that trains under DDP is :mod
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -38,7 +39,9 @@ class Dist:
         rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
         dev = local_device(device, local)
         if world > 1 and not tdist.is_initialized():
-            tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+            # rank 0 may build the training features for a long while before the others read them
+            tdist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(hours=6))
         return cls(rank, world, local), dev
 
     def share(self, n: int) -> slice:

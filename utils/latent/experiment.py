@@ -16,6 +16,7 @@ SQuAD prediction files and the evaluated questions as a SQuAD file), ``train_log
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -69,9 +70,17 @@ def budget_warning(ctx_lens: Sequence[int], ratios: Sequence[float]) -> str | No
 
 
 def load_split(cfg: ExperimentConfig, meta: dict | None) -> tuple[Split, str]:
-    """The data ``cfg.data`` names, split by article (module :mod:`.split`), and the source's name. With a
-    checkpoint's ``meta`` the evaluation is everything the checkpoint never saw, and its training and dev side
-    are rebuilt when this file and the split parameters give exactly the articles it saw (else left empty)."""
+    """The data ``cfg.data`` names, split by article (module :mod:`.split`) and capped (``max_eval_contexts``,
+    ``max_train_contexts``), and the source's name. With a checkpoint's ``meta`` the evaluation is everything
+    the checkpoint never saw, and its training and dev side are rebuilt when this file and the split
+    parameters give exactly the articles it saw (else left empty)."""
+    split, source = _split(cfg, meta)
+    split.eval = cap_contexts(split.eval, cfg.max_eval_contexts, seed=cfg.split_seed)
+    split.train = cap_contexts(split.train, cfg.max_train_contexts, seed=cfg.split_seed)
+    return split, source
+
+
+def _split(cfg: ExperimentConfig, meta: dict | None) -> tuple[Split, str]:
     source = resolve_data(cfg.data)
     if source == "synthetic":
         return synthetic_split(cfg.n_eval_paragraphs, cfg.n_train_paragraphs), source
@@ -140,8 +149,6 @@ class Experiment:
         cfg = self.cfg
         with self.run.timer("data"):
             self.split, self.source = load_split(cfg, self.meta)
-            self.split.eval = cap_contexts(self.split.eval, cfg.max_eval_contexts, seed=cfg.split_seed)
-            self.split.train = cap_contexts(self.split.train, cfg.max_train_contexts, seed=cfg.split_seed)
             self.disjoint = check_disjoint(self.split)
             self.reader = Reader.load(cfg.model, cfg.system_prompt, cfg.anchor_text, device=self.train_cfg.device)
             if self.meta:
@@ -230,28 +237,34 @@ class Experiment:
 
     # -- phase 4 ------------------------------------------------------------------------------------
     def optimise(self) -> str:
-        """The ceiling: vectors optimised per context (:mod:`.optimise`) for the first ``optimise_contexts``
-        evaluation contexts at every ratio, then the ``optimised`` mode on their questions."""
+        """The ceiling: vectors optimised per context (:mod:`.optimise`) for ``optimise_contexts`` evaluation
+        contexts (a seeded sample) at every ratio, then the ``optimised`` mode on their questions. No batch
+        starts after ``optimise_budget_s`` (or the run's budget); a ratio is evaluated once all are done."""
         cfg = self.cfg
         n = min(cfg.optimise_contexts, len(self.ed.ctx_ids))
         if n == 0:
             return "Per-context optimisation skipped (`optimise_contexts = 0`)."
+        self.optimise_idx = sorted(random.Random(cfg.split_seed).sample(range(len(self.ed.ctx_ids)), n))
+        deadline = self.deadline
+        if cfg.optimise_budget_s > 0:
+            deadline = min(deadline or float("inf"), time.monotonic() + cfg.optimise_budget_s)
         with self.run.timer("optimise"):
             store = VectorStore(self.run.path("optimised"), self.reader, cfg.optimise_steps, cfg.optimise_lr)
             t0 = time.perf_counter()
             got, left = optimise_contexts(
                 self.reader,
-                self.ed.ctx_ids[:n],
-                self.ed.hashes[:n],
+                [self.ed.ctx_ids[i] for i in self.optimise_idx],
+                [self.ed.hashes[i] for i in self.optimise_idx],
                 cfg.ratio_list,
                 store,
                 cfg.optimise_batch,
                 self.train_cfg.amp,
                 self.progress,
-                self.deadline,
+                deadline,
             )
             spent = time.perf_counter() - t0
-            complete = [r for r in cfg.ratio_list if all((i, r) in got for i in range(n))]
+            got = {(self.optimise_idx[k], r): o for (k, r), o in got.items()}  # evaluation context indices
+            complete = [r for r in cfg.ratio_list if all((i, r) in got for i in self.optimise_idx)]
             self.optimised = {k: v for k, v in got.items() if k[1] in complete}
             self.left += [("optimised", r, None) for r in cfg.ratio_list if r not in complete]
             self.left += evaluate_all(
@@ -268,15 +281,19 @@ class Experiment:
             )
         if (self.run.path("optimised")).is_dir():
             self.run.register("optimised")
-        per = sum(o.seconds for o in got.values()) / max(n, 1)
+        per = {r: [o.seconds for (_, rr), o in got.items() if rr == r] for r in cfg.ratio_list}
+        cost = ", ".join(f"r = {r:g}: {sum(v) / len(v):.0f} s" for r, v in per.items() if v)
         unfinished = ", ".join(f"{r:g}" for r in cfg.ratio_list if r not in complete)
         return (
-            f"Optimised {n} of {len(self.ed.ctx_ids)} evaluation contexts at r = "
+            f"Optimised {n} of {len(self.ed.ctx_ids)} evaluation contexts (a seeded sample) at r = "
             f"{', '.join(f'{r:g}' for r in cfg.ratio_list)} (at most {cfg.optimise_steps} Adam steps, learning rate "
-            f"{cfg.optimise_lr:g}, {cfg.optimise_batch} contexts per batch); cost on this machine: "
-            f"{per:.0f} s per context for all ratios together ({spent:.0f} s computed in this run, the rest "
-            "read back from `optimised/`)."
-            + (f" Not finished within the time budget at r = {unfinished}." if unfinished else "")
+            f"{cfg.optimise_lr:g}, {cfg.optimise_batch} contexts per batch). Cost per context on this machine: "
+            f"{cost} ({spent:.0f} s computed in this run, the rest read back from `optimised/`)."
+            + (
+                f" Not finished within the time budget at r = {unfinished} (rerun with resume=true)."
+                if unfinished
+                else ""
+            )
         )
 
     # -- phase 5 ------------------------------------------------------------------------------------
@@ -408,6 +425,10 @@ class Experiment:
         self.run.save_json(out, "metrics.json")
         self.res = out
         return out
+
+    def first_optimised(self) -> int:
+        """The first evaluation context with optimised vectors (0 when none): where the examples start."""
+        return min((i for i, _ in self.optimised), default=0)
 
     def stopped(self, trained: Trained) -> str | None:
         """What the time budget left undone, with the way to go on (None when everything ran)."""

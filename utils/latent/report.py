@@ -373,13 +373,21 @@ def per_seed_table(store, ratios, seeds):
 
 
 def examples_table(
-    ed, store, ratio, seed, n: int = 8, modes=("anchor", "lead", "selection_ids", "latent", "optimised", "oracle")
+    ed,
+    store,
+    ratio,
+    seed,
+    n: int = 8,
+    modes=("anchor", "lead", "selection_ids", "latent", "optimised", "oracle"),
+    first_context: int = 0,
 ):
-    """The first ``n`` questions with the gold answer and each mode's answer (blank where it did not run)."""
+    """``n`` questions from context ``first_context`` on, with the gold answer and each mode's answer (blank
+    where it did not run)."""
     import pandas as pd
 
     rows = []
-    for e in ed.examples[:n]:
+    start = ed.q_ctx.index(first_context) if first_context in ed.q_ctx else 0
+    for e in ed.examples[start : start + n]:
         line = [e.question, e.answers[0]]
         for m in modes:
             rr = None if m in RATIO_FREE else ratio
