@@ -315,3 +315,43 @@ def test_torch_cuda_is_called_only_in_the_device_module():
 
     for f in sorted((REPO_ROOT / "utils" / "latent").glob("*.py")):
         assert "torch.cuda" not in f.read_text(), f.name
+
+
+def test_amortisation_regresses_the_slots_onto_the_optimised_vectors(tiny, reader):
+    """issue 22: the amortisation term is the squared distance of the slots to the per-context targets at the
+    embedding RMS, over slots x width x RMS^2 (checked by hand), and training with it brings the slots closer
+    to the targets than the same steps without it."""
+    from dataclasses import replace
+
+    from utils.latent.amortise import train_arms, with_targets
+    from utils.latent.select import budget
+
+    model, tok, sc, ex, enc = tiny
+    cfg = _cfg(lr=3e-3)
+    ts = _trainset(reader, ex, cfg)
+    d, rms = reader.d_model, reader.target_rms
+    g = torch.Generator().manual_seed(0)
+    raw = {i: torch.randn(budget(c.shape[0], 2.0), d, generator=g) for i, c in enumerate(ts.ctx_ids)}
+    ts = with_targets(ts, raw, rms)
+    torch.manual_seed(0)
+    comp = compressor.build("latent", d, cfg, rms)
+    items = ts.qa[:3]
+
+    def slots(m, idx):
+        H, E, mask = train.context_features(model, ts.ctx_ids, ts.hidden, idx, reader.device)
+        with torch.no_grad():
+            return m(H, E, mask, 2.0)[0]
+
+    idx = [it[0] for it in items]
+    with torch.no_grad():
+        _, parts = train.lm_loss(reader, comp, replace(cfg, w_amortise=1.0), ts, items, 2.0)
+    want = sum(float(((v - prompts.scale_to_rms(raw[i], rms)) ** 2).sum()) for v, i in zip(slots(comp, idx), idx))
+    want /= sum(budget(ts.ctx_ids[i].shape[0], 2.0) for i in idx) * d * rms**2
+    assert parts["amortise"] == pytest.approx(want, rel=1e-5)
+
+    def distance(m):
+        every = list(range(len(ts.ctx_ids)))
+        return float(sum(((v - ts.targets[i]) ** 2).sum() for v, i in zip(slots(m, every), every)))
+
+    arms = train_arms(reader, comp, cfg, ts, 2.0, steps=6, w_amortise=20.0)
+    assert distance(arms["regression"]) < distance(arms["continued"])

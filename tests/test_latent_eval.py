@@ -349,7 +349,17 @@ def test_official_prediction_files_rescore_to_the_report(tmp_path, tiny_llama_di
     a.write_text(json.dumps(data))
     out = run_notebook_smoke(
         "04_latent_compression_eval",
-        dict(SMOKE, model=str(tiny_llama_dir), data=str(a), checkpoint="", n_boot=10, optimise_steps=1),
+        dict(
+            SMOKE,
+            model=str(tiny_llama_dir),
+            data=str(a),
+            checkpoint="",
+            n_boot=10,
+            optimise_steps=1,
+            amortise_contexts=2,
+            amortise_steps=1,
+            amortise_dev_contexts=1,
+        ),
         tmp_path,
         run_name="rescore",
     )
@@ -379,6 +389,10 @@ def test_official_prediction_files_rescore_to_the_report(tmp_path, tiny_llama_di
             )
     opt = next(r for r in rows if r["mode"] == "optimised")
     assert 0 < len(opt["qids"]) < len(ids)  # a subset: its own SQuAD file holds exactly its questions
+    # the amortisation run on the dev article: its table and verdict are in the report and metrics.json
+    report = (out / "report.md").read_text()
+    assert "| latent, continued + regression onto optimised vectors |" in report and "the gap:" in report
+    assert {r["variant"] for r in m["amortise"]["rows"]} >= {"latent as trained", "lead-M", "full context"}
 
 
 def test_a_checkpoint_for_another_reader_is_refused_naming_its_reader(tiny_llama_dir, tmp_path):

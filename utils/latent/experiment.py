@@ -322,29 +322,14 @@ class Experiment:
             train = [e for e in self.split.train if e.context in keep]
             ts = shared_train_set(reader, train, self.train_cfg, cfg.kd_topk, cfg.recall_per_context, None)
             hashes = [context_hash(c) for c in dict.fromkeys(e.context for e in train)]  # prepare_train's order
-            got, left = optimise_contexts(
-                reader,
-                ts.ctx_ids,
-                hashes,
-                [r],
-                vstore,
-                cfg.optimise_batch,
-                self.train_cfg.amp,
-                self.progress,
-                self.deadline,
-            )
             n_dev = min(cfg.amortise_dev_contexts, len(self.dev_ed.ctx_ids))
-            dev_opt, left_dev = optimise_contexts(
-                reader,
-                self.dev_ed.ctx_ids[:n_dev],
-                self.dev_ed.hashes[:n_dev],
-                [r],
-                vstore,
-                cfg.optimise_batch,
-                self.train_cfg.amp,
-                self.progress,
-                self.deadline,
-            )
+
+            def opt(ids, hs):
+                amp, batch = self.train_cfg.amp, cfg.optimise_batch
+                return optimise_contexts(reader, ids, hs, [r], vstore, batch, amp, self.progress, self.deadline)
+
+            got, left = opt(ts.ctx_ids, hashes)
+            dev_opt, left_dev = opt(self.dev_ed.ctx_ids[:n_dev], self.dev_ed.hashes[:n_dev])
             if left or left_dev:
                 return {
                     "sentence": "Amortisation run stopped by the time budget while optimising; rerun with resume=true."
