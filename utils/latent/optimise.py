@@ -9,10 +9,10 @@ the compressors), whose regeneration accuracy is the reference printed beside th
 
 A context counts as *regenerated exactly* when the reader's argmax at every one of its T positions is the next
 context token (teacher-forced); greedy decoding from the vectors then reproduces the context token for token
-(tested). Optimisation is batched over contexts of similar length; each context leaves its batch as soon as it
-is exact (its vectors are those that were exact), else after ``steps`` updates. Each (context, ratio) is stored
-in its own file as it finishes (:class:`VectorStore`), keyed by the context text and ratio and checked against
-the reader and the settings, so an interrupted run resumes and a finished one reads its vectors back.
+(tested). Optimisation is batched over contexts; each context leaves its batch as soon as it is exact (its
+vectors are those that were exact), else after ``steps`` updates. Each (context, ratio) is stored in its own
+file as it finishes (:class:`VectorStore`), keyed by the context text and ratio and checked against the reader
+and the settings, so an interrupted run resumes and a finished one reads its vectors back.
 """
 
 from __future__ import annotations
@@ -155,27 +155,32 @@ def optimise_contexts(
     progress: Callable | None = None,
     deadline: float | None = None,
 ) -> tuple[dict, list]:
-    """Optimised vectors of every context at every ratio, read from ``store`` or computed (batches of
-    ``batch`` contexts of similar length) and stored as each batch finishes. No batch starts after
-    ``deadline`` (a ``time.monotonic()`` value). Returns ``({(context index, ratio): Optimised}, [(context
+    """Optimised vectors of every context at every ratio, read from ``store`` or computed and stored as each
+    batch finishes: the contexts in the order given, ``batch`` at a time, each batch at every ratio before the
+    next batch (so a run stopped by ``deadline``, a ``time.monotonic()`` value after which no batch starts,
+    has whole contexts, not the shortest ones). Returns ``({(context index, ratio): Optimised}, [(context
     index, ratio) left undone])``."""
     steps, lr = store.settings["steps"], store.settings["lr"]
     done, left = {}, []
+    todo = {r: [] for r in ratios}
     for r in ratios:
-        todo = []
         for i, h in enumerate(hashes):
             got = store.get(h, r)
             if got is not None:
                 done[(i, r)] = got
             else:
-                todo.append(i)
-        todo.sort(key=lambda i: ctx_ids[i].shape[0])  # similar lengths together: little padding
-        for s in range(0, len(todo), batch):
-            part = todo[s : s + batch]
+                todo[r].append(i)
+    order = list(dict.fromkeys(i for r in ratios for i in todo[r]))
+    for s in range(0, len(order), batch):
+        chunk = order[s : s + batch]
+        for r in ratios:
+            part = [i for i in chunk if i in todo[r]]
+            if not part:
+                continue
             if deadline is not None and time.monotonic() > deadline:
                 left += [(i, r) for i in part]
                 continue
-            desc = f"optimise r={r:g}, contexts {s + 1}-{s + len(part)} of {len(todo)}"
+            desc = f"optimise r={r:g}, contexts {s + 1}-{s + len(chunk)} of {len(order)}"
             res = optimise_batch(
                 reader,
                 [ctx_ids[i] for i in part],
@@ -188,4 +193,4 @@ def optimise_contexts(
             for i, o in zip(part, res):
                 store.put(hashes[i], r, o)
                 done[(i, r)] = o
-    return done, left
+    return done, sorted(left)
