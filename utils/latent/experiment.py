@@ -41,7 +41,7 @@ from .split import (
     resolve_data,
     synthetic_split,
 )
-from .trainer import bundle_meta, finished_bundle, load_training_log, shared_train_set, train_seed
+from .trainer import bundle_meta, finished_bundle, load_training_log, prepare_train, train_seed
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "latent-smollm2"
 
@@ -185,9 +185,7 @@ class Experiment:
         with run.timer("train_features"):
             ts = None
             if len(self.modules) < len(cfg.seed_list):
-                ts = shared_train_set(
-                    reader, self.split.train, t, cfg.kd_topk, cfg.recall_per_context, None, progress=self.progress
-                )
+                ts = prepare_train(reader, self.split.train, t, cfg.kd_topk, cfg.recall_per_context, self.progress)
         meta = bundle_meta(t, reader, self.split, {"system_prompt": cfg.system_prompt, "anchor": cfg.anchor_text})
         with run.timer("train"):
             for s in cfg.seed_list:  # whole seeds only: no seed starts after the budget
@@ -232,7 +230,8 @@ class Experiment:
                 modes=tuple(m for m in MODES if m != "optimised"),
                 deadline=self.deadline,
             )
-        self.run.register("results.jsonl")
+        if self.store.path.is_file():
+            self.run.register("results.jsonl")
         return self.left
 
     # -- phase 4 ------------------------------------------------------------------------------------
@@ -326,7 +325,7 @@ class Experiment:
         with run.timer("amortise"):
             keep = set(pick_contexts(self.split.train, cfg.amortise_contexts, cfg.split_seed))
             train = [e for e in self.split.train if e.context in keep]
-            ts = shared_train_set(reader, train, self.train_cfg, cfg.kd_topk, cfg.recall_per_context, None)
+            ts = prepare_train(reader, train, self.train_cfg, cfg.kd_topk, cfg.recall_per_context)
             hashes = [context_hash(c) for c in dict.fromkeys(e.context for e in train)]  # prepare_train's order
             n_dev = min(cfg.amortise_dev_contexts, len(self.dev_ed.ctx_ids))
 
@@ -401,7 +400,8 @@ class Experiment:
         seeds = sorted(self.modules)
         rows = report.summary(self.store, self.ctx_of, cfg.ratio_list, seeds, cfg.n_boot)
         acc = report.acceptance(self.store, self.ctx_of, seeds, cfg.n_boot, r_main=4.0, r_far=10.0)
-        ceiling = report.ceiling_rows(self.store, self.optimised, self.ctx_of, cfg.ratio_list, seeds, cfg.n_boot)
+        ratios = sorted(cfg.ratio_list)
+        ceiling = report.ceiling_rows(self.store, self.optimised, self.ctx_of, ratios, seeds, cfg.n_boot)
         out = {
             "data": {"source": self.source, **self.disjoint, **self.split.stats},
             "config": asdict(cfg),

@@ -60,6 +60,7 @@ def ceiling(rows: Sequence[dict]):
     use_style()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.5, 4.0))
     modes = ("optimised", "latent", "lead", "anchor")
+    names = {"optimised": "optimised (ceiling)", "latent": "latent", "lead": "lead-M", "anchor": "full context"}
     palette = dict(zip(modes, sns.color_palette("deep", len(modes))))
     ratios = [r["ratio"] for r in rows]
     x = np.arange(len(rows))
@@ -67,8 +68,9 @@ def ceiling(rows: Sequence[dict]):
         ci = [r.get(mode) or (np.nan,) * 3 for r in rows]
         m = np.array([c[0] for c in ci])
         err = np.array([[c[0] - c[1] for c in ci], [c[2] - c[0] for c in ci]])
-        ax.errorbar(x + (k - 1.5) * 0.15, m, yerr=err, fmt="o", capsize=3, color=palette[mode], label=mode)
+        ax.errorbar(x + (k - 1.5) * 0.15, m, yerr=err, fmt="o", capsize=3, color=palette[mode], label=names[mode])
     ax.set_xticks(x, [f"r={r:g}" for r in ratios])
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("F1 on the optimised contexts' questions")
     ax.set_title("QA from optimised vectors")
     ax.legend(fontsize=7)
