@@ -89,6 +89,14 @@ def test_article_split_has_no_overlap():
         split.article_split(ex, min_eval_questions=10_000)
 
 
+def test_a_larger_context_cap_keeps_the_smaller_caps_contexts():
+    """A run grown on resume (max_eval_contexts 4 -> 10) keeps its first contexts and their stored results."""
+    ex, _ = parse_squad(_articles(4, 4))
+    caps = [{e.context for e in split.cap_contexts(ex, k, seed=3)} for k in (2, 4, 10)]
+    assert [len(c) for c in caps] == [2, 4, 10] and caps[0] < caps[1] < caps[2]
+    assert split.cap_contexts(ex, 0) == ex and split.cap_contexts(ex, 99) == ex
+
+
 def test_real_sample_split_has_900_questions_and_no_overlap(squad_sample):
     ex, _ = load_squad_json(squad_sample)
     s = split.article_split(ex, 900, 1, seed=0)

@@ -242,7 +242,7 @@ def evaluate_all(
             slots, rows = slots_for(mode, r, ed, reader, optimised=optimised)
             if not rows or store.has(mode, r, seed, [ed.qids[qi] for qi, _ in rows]):
                 continue
-        elif store.has(mode, r, seed):
+        elif store.has(mode, r, seed, ed.qids):  # a row of other questions (a grown run) is done again
             continue
         if deadline is not None and time.monotonic() > deadline:
             left.append((mode, r, seed))

@@ -118,11 +118,13 @@ def held_out_split(examples: Sequence[QAExample], seen_titles: Sequence[str], se
 
 
 def cap_contexts(examples: Sequence[QAExample], max_contexts: int, seed: int = 0) -> list[QAExample]:
-    """All questions of at most ``max_contexts`` seeded-random contexts (0 = all), in file order."""
+    """All questions of at most ``max_contexts`` contexts (0 = all), in file order: the first of a seeded order
+    of the contexts, so a larger cap keeps every context of a smaller one (a run can grow on resume)."""
     ctxs = list(dict.fromkeys(e.context for e in examples))
     if max_contexts <= 0 or len(ctxs) <= max_contexts:
         return list(examples)
-    keep = set(random.Random(seed).sample(ctxs, max_contexts))
+    random.Random(seed).shuffle(ctxs)
+    keep = set(ctxs[:max_contexts])
     return [e for e in examples if e.context in keep]
 
 
