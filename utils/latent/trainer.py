@@ -82,15 +82,13 @@ def shared_train_set(
     cfg: TrainConfig,
     topk: int,
     recall_per_context: int,
-    path: str | Path | None,
+    path: str | Path,
     dist: Dist | None = None,
     progress: Callable | None = None,
 ) -> TrainSet:
     """:func:`prepare_train`, built once: the main process builds it (or finds it in ``path`` made for the same
     reader, contexts and settings) and writes ``path``; every other process memory-maps that file."""
     dist = dist or Dist()
-    if path is None:
-        return prepare_train(reader, train, cfg, topk, recall_per_context, progress)
     path = Path(path)
     key = {
         **reader.identity(),
@@ -106,11 +104,14 @@ def shared_train_set(
     }
 
     def read():
-        d = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # missing, cut by a kill, or another format: built again by the main process
+            return None
         return TrainSet(**d["train_set"]) if d.get("key") == key else None
 
     if dist.main:
-        ts = read() if path.is_file() else None
+        ts = read()
         if ts is None:
             ts = prepare_train(reader, train, cfg, topk, recall_per_context, progress)
             path.parent.mkdir(parents=True, exist_ok=True)
