@@ -24,8 +24,8 @@ import torch  # noqa: E402
 
 from utils.latent.cache import prefix_kv  # noqa: E402
 from utils.latent.evaluate import decode_answer, generate_grouped, stop_ids  # noqa: E402
-from utils.latent.experiment import prepare_eval  # noqa: E402
-from utils.latent.prompts import make_scaffold  # noqa: E402
+from utils.latent.modes import prepare_eval  # noqa: E402
+from utils.latent.reader import Reader  # noqa: E402
 from utils.latent.squad import synthetic_examples  # noqa: E402
 from utils.weights import load_model  # noqa: E402
 
@@ -60,8 +60,9 @@ def main():
     torch.manual_seed(0)
     model, tok = load_model(a.model)
     model.generation_config.temperature = model.generation_config.top_p = model.generation_config.top_k = None
-    sc = make_scaffold(tok)
-    ed = prepare_eval(tok, sc, synthetic_examples(a.contexts, seed=7), anchored=True)
+    reader = Reader.wrap(model, tok, "Answer the question with a short span copied from the context.", "Answer:")
+    sc = reader.scaffold
+    ed = prepare_eval(reader, synthetic_examples(a.contexts, seed=7), anchored=True)
     n = len(ed.q_ids)
     generate_grouped(model, tok, prefix_kv(model, sc.pre_ids), ed.ctx_ids[:1], [(0, ed.q_ids[0])], 2)  # warm-up
     t = time.perf_counter()

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from utils.latent import cache, compressor, prompts, train  # noqa: E402
-from utils.latent.experiment import prepare_train  # noqa: E402
-from utils.latent.split import SHARED_SAMPLE  # noqa: E402
-from utils.latent.squad import load_squad_json, synthetic_examples  # noqa: E402
-from utils.weights import load_model  # noqa: E402
+from utils.latent.reader import Reader  # noqa: E402
+from utils.latent.split import SHIPPED_SAMPLE  # noqa: E402
+from utils.latent.squad import load_squad_json  # noqa: E402
+from utils.latent.trainer import prepare_train  # noqa: E402
 
 ONE_SHOT = (
     "Extract the answer from the context. Reply with the answer words only.\nExample: Context: Tom Hill lives in "
@@ -84,16 +84,12 @@ def main():
     ap.add_argument("--ratio", type=float, default=4.0)
     a = ap.parse_args()
     torch.manual_seed(0)
-    llm, tok = load_model(a.model)
-    sc = prompts.make_scaffold(tok, system_prompt=ONE_SHOT)
-    if SHARED_SAMPLE.is_file():
-        ex, src = load_squad_json(SHARED_SAMPLE)[0][: 4 * a.batch], "the shared SQuAD sample"
-    else:
-        ex, src = synthetic_examples(12, seed=3)[: 4 * a.batch], "synthetic passages"
-    cfg = compressor.TrainConfig(batch_size=a.batch)
+    reader = Reader.load(a.model, ONE_SHOT, "Answer:")
+    llm, tok, sc = reader.model, reader.tokenizer, reader.scaffold
+    ex, src = load_squad_json(SHIPPED_SAMPLE)[0][: 4 * a.batch], "the shipped SQuAD sample"
+    cfg = compressor.TrainConfig(train_batch_size=a.batch)
     t0 = time.perf_counter()
-    pk = cache.prefix_kv(llm, sc.pre_ids)
-    ts = prepare_train(llm, tok, sc, ex, cfg, pk, topk=32, recall_per_context=1)
+    ts = prepare_train(reader, ex, cfg, topk=32, recall_per_context=1)
     t_cache = time.perf_counter() - t0
     comp = compressor.build(
         "latent", prompts.input_embedding(llm).weight.shape[1], cfg, prompts.token_embedding_rms(llm)
@@ -112,7 +108,7 @@ def main():
         return run
 
     before, pb = timed(step(lambda: uncached_loss(llm, comp, cfg, ts, items, a.ratio, sc, pad)), a.steps)
-    after, pa = timed(step(lambda: train.lm_loss(llm, comp, cfg, ts, items, a.ratio, pk, pad)), a.steps)
+    after, pa = timed(step(lambda: train.lm_loss(reader, comp, cfg, ts, items, a.ratio)), a.steps)
     ctx = sum(ts.ctx_ids[it[0]].shape[0] for it in items) / len(items)
     print(
         f"model {a.model}, {src}, batch {a.batch}, r = {a.ratio:g}, mean context {ctx:.0f} tokens, prefix "

@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from utils.latent import cache, compressor, evaluate, prompts, train
+from utils.latent.reader import Reader
 from utils.latent.squad import synthetic_examples
+from utils.latent.trainer import prepare_train, train_seed
 from utils.weights import load_model
+
+SYSTEM = "Answer the question with a short span copied from the context."
 
 
 def encode_examples(sc, examples):
@@ -31,6 +35,12 @@ def tiny(tiny_llama_dir):
     sc = prompts.make_scaffold(tok)
     ex = synthetic_examples(4, seed=5)[:10]
     return model, tok, sc, ex, encode_examples(sc, ex)
+
+
+@pytest.fixture(scope="module")
+def reader(tiny, tiny_llama_dir):
+    model, tok = tiny[:2]
+    return Reader.wrap(model, tok, SYSTEM, "Answer:", str(tiny_llama_dir))
 
 
 def test_scaffold_and_anchor(tiny):
@@ -111,7 +121,7 @@ def _cfg(**kw):
         hidden_layers="0,1",
         d_enc=16,
         n_heads=2,
-        batch_size=4,
+        train_batch_size=4,
         salience_steps=3,
         recall_steps=2,
         qa_steps=2,
@@ -122,10 +132,8 @@ def _cfg(**kw):
     return compressor.TrainConfig(**base)
 
 
-def _trainset(model, tok, sc, ex, cfg):
-    from utils.latent.experiment import prepare_train
-
-    return prepare_train(model, tok, sc, ex, cfg, cache.prefix_kv(model, sc.pre_ids), topk=8, recall_per_context=2)
+def _trainset(reader, ex, cfg):
+    return prepare_train(reader, ex, cfg, topk=8, recall_per_context=2)
 
 
 def test_latent_slots_budget_and_initial_selection(tiny):
@@ -151,43 +159,39 @@ def test_latent_slots_budget_and_initial_selection(tiny):
         torch.testing.assert_close(vecs[b], ref, rtol=1e-3, atol=1e-3)
 
 
-def test_training_lowers_the_loss_and_leaves_the_reader_frozen(tiny):
+def test_training_lowers_the_loss_and_leaves_the_reader_frozen(tiny, reader):
     model, tok, sc, ex, enc = tiny
     cfg = _cfg(lr=3e-3)
-    ts = _trainset(model, tok, sc, ex, cfg)
+    ts = _trainset(reader, ex, cfg)
     assert ts.stats["questions"] == len(ex) and all(lab.max() == 1.0 for lab in ts.labels)
     assert len(ts.qa[0][3][0]) == min(cfg.K, ts.qa[0][2].shape[0])  # teacher top-k per answer token
     torch.manual_seed(0)
     d = model.get_input_embeddings().weight.shape[1]
     comp = compressor.build("latent", d, cfg, prompts.token_embedding_rms(model))
-    pk = cache.prefix_kv(model, sc.pre_ids)
     items = ts.qa[:4]
     with torch.no_grad():
-        l0, parts = train.lm_loss(model, comp, cfg, ts, items, 2.0, pk, 3)
+        l0, parts = train.lm_loss(reader, comp, cfg, ts, items, 2.0)
     assert parts["kd"] > 0 and parts["ce"] > 0
     opt = train.make_optimizer(comp, cfg, "qa")
     for _ in range(3):
         opt.zero_grad()
-        loss, _ = train.lm_loss(model, comp, cfg, ts, items, 2.0, pk, 3)
+        loss, _ = train.lm_loss(reader, comp, cfg, ts, items, 2.0)
         loss.backward()
         opt.step()
     with torch.no_grad():
-        l1, _ = train.lm_loss(model, comp, cfg, ts, items, 2.0, pk, 3)
+        l1, _ = train.lm_loss(reader, comp, cfg, ts, items, 2.0)
     assert float(l1) < float(l0)
     assert all(not p.requires_grad for p in model.parameters())
 
 
-def test_checkpoint_resume_refuses_other_config_and_names_a_truncated_file(tiny, tmp_path):
+def test_checkpoint_resume_refuses_other_config_and_names_a_truncated_file(tiny, reader, tmp_path):
     model, tok, sc, ex, enc = tiny
-    from utils.latent.experiment import train_seed
-
     cfg = _cfg()
-    ts = _trainset(model, tok, sc, ex, cfg)
-    pk = cache.prefix_kv(model, sc.pre_ids)
+    ts = _trainset(reader, ex, cfg)
     d = model.get_input_embeddings().weight.shape[1]
     meta = {"target_rms": prompts.token_embedding_rms(model), "d_model": d, "seen_titles": [], "seen_contexts": []}
     log = []
-    mods = train_seed(model, ts, cfg, 0, pk, 3, tmp_path / "ck", meta, resume=False, log=log.append)
+    mods = train_seed(reader, ts, cfg, 0, tmp_path / "ck", meta, resume=False, log=log.append)
     assert [r["phase"] for r in log if r["kind"] == "latent"] == ["salience"] * 3 + ["recall"] * 2 + ["qa"] * 2
     back, _, saved = compressor.load_bundle(tmp_path / "ck")
     assert saved["progress"] == {"latent": 7, "pool_adapter": 4, "classifier": 7}
@@ -210,27 +214,27 @@ def test_checkpoint_resume_refuses_other_config_and_names_a_truncated_file(tiny,
             raise Stop
 
     with pytest.raises(Stop):
-        train_seed(model, ts, cfg, 0, pk, 3, tmp_path / "cut", meta, resume=False, log=stop_in_pool, save_every=2)
+        train_seed(reader, ts, cfg, 0, tmp_path / "cut", meta, resume=False, log=stop_in_pool, save_every=2)
     latent_file = (tmp_path / "cut" / "latent.pt").stat().st_mtime_ns
     assert compressor.read_meta(tmp_path / "cut")["progress"] == {"latent": 7, "pool_adapter": 2, "classifier": 0}
     assert not (tmp_path / "cut" / "classifier.pt").exists()
-    again = train_seed(model, ts, cfg, 0, pk, 3, tmp_path / "cut", meta, resume=True, save_every=2)
+    again = train_seed(reader, ts, cfg, 0, tmp_path / "cut", meta, resume=True, save_every=2)
     assert (tmp_path / "cut" / "latent.pt").stat().st_mtime_ns == latent_file
     for k in compressor.KINDS:
         for name, v in mods[k].state_dict().items():
             torch.testing.assert_close(again[k].state_dict()[name], v, rtol=0, atol=0)
     # resuming a finished run trains nothing more
     log2 = []
-    train_seed(model, ts, cfg, 0, pk, 3, tmp_path / "ck", meta, resume=True, log=log2.append)
+    train_seed(reader, ts, cfg, 0, tmp_path / "ck", meta, resume=True, log=log2.append)
     assert log2 == []
     # issue 14: a resume with another configuration is refused, naming the fields and the fix
     with pytest.raises(compressor.CheckpointError, match=r"d_enc: checkpoint 16, now 32.*resume=false"):
-        train_seed(model, ts, _cfg(d_enc=32), 0, pk, 3, tmp_path / "ck", meta, resume=True)
+        train_seed(reader, ts, _cfg(d_enc=32), 0, tmp_path / "ck", meta, resume=True)
     # issue 14: a truncated checkpoint says what is wrong and how to fix it, not torch's zip message
     f = tmp_path / "ck" / "latent.pt"
     f.write_bytes(f.read_bytes()[:100])
     with pytest.raises(compressor.CheckpointError, match=r"latent.pt is truncated or corrupt.*resume=false"):
-        train_seed(model, ts, cfg, 0, pk, 3, tmp_path / "ck", meta, resume=True)
+        train_seed(reader, ts, cfg, 0, tmp_path / "ck", meta, resume=True)
 
 
 def test_early_stopped_hidden_states_match_output_hidden_states(tiny):
@@ -254,13 +258,13 @@ def test_early_stopped_hidden_states_match_output_hidden_states(tiny):
     torch.testing.assert_close(echo[:, 0].float(), ref2, rtol=1e-2, atol=1e-2)
 
 
-def test_training_prompt_is_the_evaluation_prompt(tiny, monkeypatch):
+def test_training_prompt_is_the_evaluation_prompt(tiny, reader, monkeypatch):
     """A training step reads the slots and the question ids as evaluation does: one anchor, not two."""
-    from utils.latent import experiment
+    from utils.latent.modes import prepare_eval
 
     model, tok, sc, ex, enc = tiny
     cfg = _cfg()
-    ts = _trainset(model, tok, sc, ex, cfg)
+    ts = _trainset(reader, ex, cfg)
     d = model.get_input_embeddings().weight.shape[1]
     comp = compressor.build("latent", d, cfg, prompts.token_embedding_rms(model))
     seen = []
@@ -273,9 +277,81 @@ def test_training_prompt_is_the_evaluation_prompt(tiny, monkeypatch):
     monkeypatch.setattr(train, "teacher_forced_logits", capture)
     items = ts.qa[:2]
     with torch.no_grad():
-        train.lm_loss(model, comp, cfg, ts, items, 2.0, cache.prefix_kv(model, sc.pre_ids), 3)
+        train.lm_loss(reader, comp, cfg, ts, items, 2.0)
+    ed = prepare_eval(reader, ex, cfg.anchored)
     for parts, e in zip(seen, ex[: len(items)]):
-        assert len(parts) == 2 and torch.equal(parts[1], experiment.question_ids(sc, e.question, cfg.anchored))
+        assert len(parts) == 2 and torch.equal(parts[1], ed.q_ids[ed.qids.index(e.id)])
         ids = parts[1].tolist()
         a = sc.anchor_ids.tolist()
         assert ids[-len(a) :] == a and ids[-2 * len(a) : -len(a)] != a  # ends with exactly one anchor
+
+
+def test_the_gpu_branch_of_training_runs_on_the_cpu(tiny, reader):
+    """issue 21: ``amp="bf16"`` takes the GPU path of a training step (bf16 autocast around the compressor and
+    the reader) on the CPU: the reader's matmuls run in bfloat16 and the loss agrees with float32 to bf16
+    precision; ``"auto"`` on the CPU is float32."""
+    model, tok, sc, ex, enc = tiny
+    ts = _trainset(reader, ex, _cfg())
+    d = model.get_input_embeddings().weight.shape[1]
+    seen = []
+    hook = prompts.decoder_layers(model)[0].self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    losses = {}
+    try:
+        for amp in ("bf16", "auto"):
+            torch.manual_seed(0)
+            comp = compressor.build("latent", d, _cfg(), prompts.token_embedding_rms(model))
+            log, seen[:] = [], []
+            train.train_module(reader, comp, _cfg(amp=amp), ts, log=log.append, phases=[("qa", 1)])
+            losses[amp] = log[0]["loss"]
+            assert set(seen) == {torch.bfloat16 if amp == "bf16" else torch.float32}, amp
+    finally:
+        hook.remove()
+    assert np.isfinite(losses["bf16"]) and losses["bf16"] == pytest.approx(losses["auto"], rel=5e-2)
+
+
+def test_torch_cuda_is_called_only_in_the_device_module():
+    """issue 21: device-dependent calls live in utils/device.py (the latent code asks it, never torch.cuda)."""
+    from conftest import REPO_ROOT
+
+    for f in sorted((REPO_ROOT / "utils" / "latent").glob("*.py")):
+        assert "torch.cuda" not in f.read_text(), f.name
+
+
+def test_amortisation_regresses_the_slots_onto_the_optimised_vectors(tiny, reader):
+    """issue 22: the amortisation term is the squared distance of the slots to the per-context targets at the
+    embedding RMS, over slots x width x RMS^2 (checked by hand), and training with it brings the slots closer
+    to the targets than the same steps without it."""
+    from dataclasses import replace
+
+    from utils.latent.amortise import train_arms, with_targets
+    from utils.latent.select import budget
+
+    model, tok, sc, ex, enc = tiny
+    cfg = _cfg(lr=3e-3)
+    ts = _trainset(reader, ex, cfg)
+    d, rms = reader.d_model, reader.target_rms
+    g = torch.Generator().manual_seed(0)
+    raw = {i: torch.randn(budget(c.shape[0], 2.0), d, generator=g) for i, c in enumerate(ts.ctx_ids)}
+    ts = with_targets(ts, raw, rms)
+    torch.manual_seed(0)
+    comp = compressor.build("latent", d, cfg, rms)
+    items = ts.qa[:3]
+
+    def slots(m, idx):
+        H, E, mask = train.context_features(model, ts.ctx_ids, ts.hidden, idx, reader.device)
+        with torch.no_grad():
+            return m(H, E, mask, 2.0)[0]
+
+    idx = [it[0] for it in items]
+    with torch.no_grad():
+        _, parts = train.lm_loss(reader, comp, replace(cfg, w_amortise=1.0), ts, items, 2.0)
+    want = sum(float(((v - prompts.scale_to_rms(raw[i], rms)) ** 2).sum()) for v, i in zip(slots(comp, idx), idx))
+    want /= sum(budget(ts.ctx_ids[i].shape[0], 2.0) for i in idx) * d * rms**2
+    assert parts["amortise"] == pytest.approx(want, rel=1e-5)
+
+    def distance(m):
+        every = list(range(len(ts.ctx_ids)))
+        return float(sum(((v - ts.targets[i]) ** 2).sum() for v, i in zip(slots(m, every), every)))
+
+    arms = train_arms(reader, comp, cfg, ts, 2.0, steps=6, w_amortise=20.0)
+    assert distance(arms["regression"]) < distance(arms["continued"])

@@ -89,6 +89,14 @@ def test_article_split_has_no_overlap():
         split.article_split(ex, min_eval_questions=10_000)
 
 
+def test_a_larger_context_cap_keeps_the_smaller_caps_contexts():
+    """A run grown on resume (max_eval_contexts 4 -> 10) keeps its first contexts and their stored results."""
+    ex, _ = parse_squad(_articles(4, 4))
+    caps = [{e.context for e in split.cap_contexts(ex, k, seed=3)} for k in (2, 4, 10)]
+    assert [len(c) for c in caps] == [2, 4, 10] and caps[0] < caps[1] < caps[2]
+    assert split.cap_contexts(ex, 0) == ex and split.cap_contexts(ex, 99) == ex
+
+
 def test_real_sample_split_has_900_questions_and_no_overlap(squad_sample):
     ex, _ = load_squad_json(squad_sample)
     s = split.article_split(ex, 900, 1, seed=0)
@@ -193,6 +201,8 @@ SMOKE = dict(
     n_boot=50,
     recall_per_context=1,
     min_eval_questions=10,
+    optimise_contexts=1,
+    optimise_steps=2,
 )
 
 
@@ -255,9 +265,10 @@ def test_shipped_compressor_loads_and_auto_picks_it_only_for_its_reader():
     from utils.latent.experiment import SHIPPED, resolve_checkpoint
 
     assert resolve_checkpoint("auto", "some/other/model") == "" and resolve_checkpoint("x", "smollm2") == "x"
-    if not (SHIPPED / "config.json").is_file():
-        pytest.skip("no shipped compressor")
-    assert resolve_checkpoint("auto", "smollm2") == str(SHIPPED)
+    assert (SHIPPED / "config.json").is_file()
+    # issue 22: every name of the bundled model evaluates the shipped compressor (it trained from scratch)
+    for name in ("smollm2", "bundled", "default", " Bundled "):
+        assert resolve_checkpoint("auto", name) == str(SHIPPED), name
     mods, _, meta = compressor.load_bundle(SHIPPED)
     assert set(mods) == set(compressor.KINDS) and meta["d_model"] == 576 and meta["model"] == "smollm2"
     assert sum(f.stat().st_size for f in SHIPPED.iterdir()) < 5e6
@@ -302,3 +313,134 @@ def test_acceptance_checks_at_their_thresholds():
     v = verdict(good)
     assert v.startswith("Verdict: latent compression beats lead-M as required") and ": met" in v
     assert "adds at least 3 F1" in v
+
+
+def _official_v11_evaluate(dataset: dict, predictions: dict) -> dict:
+    """The official SQuAD v1.1 evaluation (evaluate-v1.1.py's rules), written here independently of
+    utils.latent.metric: every question of the dataset counts, an unanswered one scores 0, EM / F1 are the
+    best over its gold answers after the official normalisation, and the corpus scores are 100 x the mean."""
+    import collections
+    import re
+    import string
+
+    def norm(s):
+        s = s.lower()
+        s = "".join(ch for ch in s if ch not in set(string.punctuation))
+        s = re.sub(r"\b(a|an|the)\b", " ", s)
+        return " ".join(s.split())
+
+    def f1(pred, gold):
+        p, g = norm(pred).split(), norm(gold).split()
+        same = sum((collections.Counter(p) & collections.Counter(g)).values())
+        if same == 0:
+            return 0.0
+        return 2 * (same / len(p)) * (same / len(g)) / (same / len(p) + same / len(g))
+
+    em = f = total = 0
+    for article in dataset["data"]:
+        for par in article["paragraphs"]:
+            for qa in par["qas"]:
+                total += 1
+                if qa["id"] not in predictions:
+                    continue
+                golds = [a["text"] for a in qa["answers"]]
+                em += max(float(norm(predictions[qa["id"]]) == norm(g)) for g in golds)
+                f += max(f1(predictions[qa["id"]], g) for g in golds)
+    return {"exact_match": 100.0 * em / total, "f1": 100.0 * f / total}
+
+
+def test_official_prediction_files_rescore_to_the_report(tmp_path, tiny_llama_dir):
+    """issue 22: every row carries its SQuAD ids; each mode and ratio is written as the official prediction
+    file; the official metric over that file and the written SQuAD file gives the report's EM / F1 exactly."""
+    data = _articles(3, 2)
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps(data))
+    out = run_notebook_smoke(
+        "04_latent_compression_eval",
+        dict(
+            SMOKE,
+            model=str(tiny_llama_dir),
+            data=str(a),
+            checkpoint="",
+            n_boot=10,
+            optimise_steps=1,
+            amortise_contexts=2,
+            amortise_steps=1,
+            amortise_dev_contexts=1,
+        ),
+        tmp_path,
+        run_name="rescore",
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    pred = out / "predictions"
+    every = json.loads((pred / "eval_squad.json").read_text())
+    ids = [q["id"] for art in every["data"] for p in art["paragraphs"] for q in p["qas"]]
+    eval_ids = {e.id for e in parse_squad(data)[0] if e.title in m["data"]["eval_articles"]}
+    assert sorted(ids) == sorted(eval_ids)  # the evaluated questions, and only those
+    by = {(x["mode"], x["ratio"]): x for x in m["summary"]}
+    assert {r["mode"] for r in rows} == {x["mode"] for x in m["summary"]} >= {"latent", "lead", "optimised"}
+    for r in rows:
+        name = (
+            r["mode"]
+            + (f"_r{r['ratio']:g}" if r["ratio"] is not None else "")
+            + (f"_seed{r['seed']}" if r["seed"] is not None else "")
+        )
+        predictions = json.loads((pred / f"{name}.json").read_text())
+        assert list(predictions) == r["qids"] and set(r["qids"]) <= eval_ids
+        squad = every if r["mode"] != "optimised" else json.loads((pred / f"{name}.squad.json").read_text())
+        got = _official_v11_evaluate(squad, predictions)
+        for ratio in [r["ratio"]] if r["ratio"] is not None else sorted({x["ratio"] for x in m["summary"]}):
+            s = by[(r["mode"], ratio)]
+            assert got["f1"] == pytest.approx(s["f1"], abs=1e-9) and got["exact_match"] == pytest.approx(
+                s["em"], abs=1e-9
+            )
+    opt = next(r for r in rows if r["mode"] == "optimised")
+    assert 0 < len(opt["qids"]) < len(ids)  # a subset: its own SQuAD file holds exactly its questions
+    # the amortisation run on the dev article: its table and verdict are in the report and metrics.json
+    report = (out / "report.md").read_text()
+    assert "| latent, continued + regression onto optimised vectors |" in report and "the gap:" in report
+    assert {r["variant"] for r in m["amortise"]["rows"]} >= {"latent as trained", "lead-M", "full context"}
+
+
+def test_a_checkpoint_for_another_reader_is_refused_naming_its_reader(tiny_llama_dir, tmp_path):
+    """issue 21: the shipped compressor (SmolLM2, 576 wide, layers 0,8) with a 3-layer 64-wide reader used to
+    fail with `IndexError: index 7 is out of range`; it is refused before any computation, naming both."""
+    from utils.latent import Experiment, ExperimentConfig
+    from utils.latent.compressor import CheckpointError
+    from utils.latent.experiment import SHIPPED
+    from utils.running import Run
+
+    cfg = ExperimentConfig.from_params(dict(model=str(tiny_llama_dir), checkpoint=str(SHIPPED), data="synthetic"))
+    exp = Experiment(cfg, Run("04_latent_compression_eval", "other", {}, tmp_path))
+    msg = r"trained for the reader 'smollm2', not '.*llama'.*embedding width 576 \(this reader: 64\).*model='smollm2'"
+    with pytest.raises(CheckpointError, match=msg):
+        exp.prepare()
+
+
+def test_config_fields_are_the_notebook_parameters_with_the_same_defaults():
+    """issue 22: one typed configuration built from the notebook's parameters by name: every parameter is a
+    field of exactly one of ExperimentConfig / TrainConfig, with the notebook's default."""
+    from dataclasses import fields
+
+    from conftest import REPO_ROOT
+
+    from utils.latent import ExperimentConfig
+    from utils.latent.compressor import TrainConfig
+    from utils.running.params import notebook_parameters
+
+    params = {p.name: p.default for p in notebook_parameters(REPO_ROOT / "notebooks" / "04_latent_compression_eval.py")}
+    params = {k: v for k, v in params.items() if k not in ("run_name", "output_root")}
+    own = {f.name for f in fields(ExperimentConfig)} - {"train"}
+    tr = {f.name for f in fields(TrainConfig)}
+    assert not own & tr
+    assert set(params) <= own | tr and own <= set(params)
+    cfg = ExperimentConfig()
+    for k, v in params.items():
+        assert getattr(cfg.train if k in tr else cfg, k) == v, k
+    built = ExperimentConfig.from_params({**params, "lr": 0.01, "enc_layers": 2, "ratios": "6,4"})
+    assert built.train.lr == 0.01 and built.train.enc_layers == 2 and built.ratio_list == [6.0, 4.0]
+    with pytest.raises(ValueError, match="ratios='1,4'"):
+        ExperimentConfig.from_params({"ratios": "1,4"})
+    with pytest.raises(ValueError, match="optimise_steps must be >= 0"):
+        ExperimentConfig.from_params({"optimise_steps": -1})

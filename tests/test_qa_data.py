@@ -1,10 +1,14 @@
 """SQuAD JSON loading (good, v2, malformed) and the synthetic generator."""
 
+import contextlib
+import hashlib
 import json
-from pathlib import Path
+import sys
+import types
 
 import pytest
 
+from utils.latent import split
 from utils.latent.squad import (
     SquadFormatError,
     load_squad_json,
@@ -13,8 +17,6 @@ from utils.latent.squad import (
     parse_squad,
     synthetic_examples,
 )
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-v1.1-dev-part-a.json"
 
 
 def _squad(qas, context="Paris is in France."):
@@ -96,10 +98,98 @@ def test_synthetic_is_seeded_valid_and_answers_spread():
     assert all(e.answers[0] in e.paragraph_answers for e in synthetic_examples(5, seed=0))
 
 
-def test_real_squad_sample_loads():
-    if not SHARED.is_file():
-        pytest.skip("shared SQuAD sample not present")
-    ex, st = load_squad_json(SHARED)
-    assert st["kept"] == len(ex) >= 200 and st["skipped_unanswerable"] == 0
+def test_real_squad_sample_is_shipped_and_is_what_auto_reads(squad_sample):
+    """issue 22: data=auto is one file everywhere, inside the repository, with its licence and source."""
+    assert split.resolve_data("auto") == str(squad_sample) == str(split.SHIPPED_SAMPLE)
+    ex, st = load_squad_json(squad_sample)
+    assert st["kept"] == len(ex) == 2881 and st["paragraphs"] == 475 and st["skipped_unanswerable"] == 0
     e = ex[0]
     assert e.context[e.answer_starts[0] :].startswith(e.answers[0])
+    note = (squad_sample.parent / "README.md").read_text()
+    sha = hashlib.sha256(squad_sample.read_bytes()).hexdigest()
+    assert "CC BY-SA 4.0" in note and "Rajpurkar" in note and "SQuAD-explorer" in note and sha in note
+
+
+def test_a_utf8_bom_is_accepted(tmp_path):
+    """issue 21: a SQuAD file saved with a byte-order mark loads like the same file without one."""
+    obj = _squad([{"id": "1", "question": "Where?", "answers": [{"text": "France", "answer_start": 12}]}])
+    p = tmp_path / "bom.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(obj).encode("utf-8"))
+    ex, st = load_squad_json(p)
+    assert [e.id for e in ex] == ["1"] and st["kept"] == 1
+    p.write_bytes(b"\xef\xbb\xbf" + b'{"data": [], "note": "caf\xe9"}')  # a bad byte is still named, at its offset
+    with pytest.raises(SquadFormatError, match=r"byte offset 28 \(0xe9\)"):
+        load_squad_json(p)
+
+
+@pytest.mark.parametrize(
+    "obj,why",
+    [
+        ({"version": "1.1", "data": []}, r"0 question\(s\) in 0 paragraph"),
+        (
+            _squad([{"id": "x", "question": "Where?", "answers": [{"text": "France", "answer_start": 3}]}]),
+            r"1 rejected because an answer is not at its answer_start",
+        ),
+        (_squad([{"id": "y", "question": "Why?", "answers": [], "is_impossible": True}]), r"1 of them unanswerable"),
+    ],
+)
+def test_a_file_without_usable_questions_says_so(tmp_path, obj, why):
+    """issue 21: an empty or all-rejected file says it has no usable question (it used to say that every
+    article was in the checkpoint's training data)."""
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(obj))
+    with pytest.warns(UserWarning, match="rejected") if "rejected" in why else contextlib.nullcontext():
+        with pytest.raises(SquadFormatError, match=r"s.json has no usable question: .*" + why):
+            split.load_examples(str(p))
+
+
+def test_data_names_resolve_to_one_source():
+    assert split.resolve_data("synthetic") == "synthetic"
+    assert split.resolve_data("rajpurkar/squad") == "hub:rajpurkar/squad" and split.resolve_data("squad") == "hub:squad"
+    assert split.resolve_data("hub:squad") == "hub:squad"
+    assert split.resolve_data("runs/missing.json") == "runs/missing.json"  # a path, reported missing by the caller
+    assert split.resolve_data("no/such/folder/file") == "no/such/folder/file"
+
+
+def test_a_hub_dataset_name_loads_through_datasets_or_says_the_hub_is_unreachable(monkeypatch):
+    """issue 22: a `datasets` name is accepted; rows are checked like a file; no hub is one clear error."""
+    rows = [
+        {
+            "id": "a",
+            "title": "T",
+            "context": "Paris is in France.",
+            "question": "Where?",
+            "answers": {"text": ["France"], "answer_start": [12]},
+        },
+        {
+            "id": "b",
+            "title": "T",
+            "context": "Paris is in France.",
+            "question": "What?",
+            "answers": {"text": ["Paris"], "answer_start": [0]},
+        },
+        {
+            "id": "c",
+            "title": "U",
+            "context": "Oslo.",
+            "question": "Which?",
+            "answers": {"text": ["Oslo"], "answer_start": [2]},
+        },
+    ]
+    fake = types.SimpleNamespace(load_dataset=lambda name, split: rows)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    with pytest.warns(UserWarning, match="rejected 1 question.*ids c"):
+        ex, st = split.load_examples(split.resolve_data("rajpurkar/squad"))
+    assert [e.id for e in ex] == ["a", "b"] and ex[0].paragraph_answers == ["France", "Paris"] and st["paragraphs"] == 2
+
+    def offline(name, split):
+        raise OSError("Couldn't reach 'rajpurkar/squad' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
+    with pytest.raises(
+        ConnectionError, match=r"could not load the hub dataset 'rajpurkar/squad'.*unreachable.*data=auto"
+    ):
+        split.load_examples("hub:rajpurkar/squad")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
+    with pytest.raises(ImportError, match=r"needs the `datasets` package.*data=auto"):
+        split.load_examples("hub:rajpurkar/squad")

@@ -77,3 +77,21 @@ def resolve_device(spec: str | torch.device | None = "auto", name: str = "device
     if m.group(1) is not None and int(m.group(1)) >= gpu_count():
         raise ValueError(f"{name}={spec!r}: only {gpu_count()} GPU(s) visible (cuda:0 .. cuda:{gpu_count() - 1})")
     return torch.device(s)
+
+
+def autocast(device: str | torch.device, mode: str = "auto"):
+    """A bfloat16 autocast context for code running on ``device``: ``mode="auto"`` turns it on on a GPU only,
+    ``"bf16"`` on any device (on the CPU it runs the very code path a GPU takes), ``"off"`` never."""
+    dev = torch.device(device)
+    on = mode == "bf16" or (mode == "auto" and dev.type == "cuda")
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=on)
+
+
+def local_device(spec: str | torch.device, local_rank: int) -> torch.device:
+    """The device of process ``local_rank`` of a distributed run: its own GPU (made the current one) when
+    ``spec`` names a GPU, else the CPU."""
+    dev = resolve_device(spec)
+    if dev.type != "cuda":
+        return dev
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)

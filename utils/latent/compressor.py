@@ -42,16 +42,19 @@ class CheckpointError(ValueError):
 
 @dataclass
 class TrainConfig:
+    """How the compressors are built and trained; saved in every checkpoint (``config.json``). The field names
+    are notebook 04's parameter names, so :class:`utils.latent.config.ExperimentConfig` fills it by name."""
+
     hidden_layers: str = "0,8"  # reader layers whose hidden states feed the trunk (comma list, 0 = embeddings)
     echo: bool = False  # read the states of a second copy of the context (each has seen it whole)
     d_enc: int = 192  # trunk width
-    n_layers: int = 1  # trunk transformer layers
+    enc_layers: int = 1  # trunk transformer layers
     n_heads: int = 4  # trunk attention heads
     tau: float = 0.5  # pooling softmax temperature
-    ratios: str = "4,6,10"  # compression ratios sampled per training batch
+    ratios: str = "4,10,6"  # compression ratios sampled per training batch (also the evaluated ratios)
     lr: float = 3e-4  # AdamW learning rate of the LM steps
     salience_lr: float = 2e-3  # learning rate of the label (salience / classifier) steps
-    batch_size: int = 8
+    train_batch_size: int = 8  # the global batch: split over the processes of a distributed run
     salience_steps: int = 300  # label steps before any LM step (latent) / all steps (classifier)
     recall_steps: int = 100  # LM pretraining steps: recall a span of the context from the slots and a cue
     qa_steps: int = 200  # LM fine-tuning steps on training-side questions
@@ -60,14 +63,19 @@ class TrainConfig:
     kd_temperature: float = 1.0
     K: int = 4  # answer tokens distilled
     w_salience: float = 0.5  # label BCE kept as an auxiliary loss during LM steps (latent)
+    w_amortise: float = 0.0  # regression of the slots onto per-context optimised vectors (amortisation run)
     grad_clip: float = 1.0
     anchored: bool = True  # prompts end with the scaffold's anchor
     seed: int = 0
     device: str = "cpu"
+    amp: str = "auto"  # bfloat16 autocast: auto (on a GPU), bf16 (forced on any device, also the CPU), off
+
+    RENAMED = {"n_layers": "enc_layers", "batch_size": "train_batch_size"}  # older checkpoints' field names
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
+        d = {cls.RENAMED.get(k, k): v for k, v in d.items()}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @property
@@ -103,7 +111,7 @@ class Trunk(nn.Module):
         layer = nn.TransformerEncoderLayer(
             cfg.d_enc, cfg.n_heads, 2 * cfg.d_enc, dropout=0.0, batch_first=True, norm_first=True
         )
-        self.body = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.body = nn.TransformerEncoder(layer, cfg.enc_layers, enable_nested_tensor=False)
         self.salience = nn.Linear(cfg.d_enc, 1)
 
     def forward(self, H: torch.Tensor, mask: torch.Tensor):
@@ -140,7 +148,9 @@ def segment_ids(n: int, M: int, device=None) -> torch.Tensor:
 
 
 def segment_softmax_pool(x: torch.Tensor, s: torch.Tensor, M: int) -> torch.Tensor:
-    """Pool (n, d) rows into M segments with weights softmax(s) inside each segment -> (M, d)."""
+    """Pool (n, d) rows into M segments with weights softmax(s) inside each segment -> (M, d), in float32
+    (under bf16 autocast the scores come in bfloat16)."""
+    x, s = x.float(), s.float()
     seg = segment_ids(x.shape[0], M, x.device)
     mx = torch.full((M,), float("-inf"), device=x.device).scatter_reduce(0, seg, s.detach(), "amax")
     w = torch.exp(s - mx[seg])
@@ -266,7 +276,7 @@ def load_state(file: Path, device: str = "cpu") -> dict:
         ) from None
 
 
-def config_differences(saved: dict, current: dict, ignore=("device",)) -> dict:
+def config_differences(saved: dict, current: dict, ignore=("device", "amp")) -> dict:
     """Fields whose value differs between a saved and the current config: ``{field: (saved, current)}``."""
     keys = (set(saved) | set(current)) - set(ignore)
     return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
@@ -274,9 +284,8 @@ def config_differences(saved: dict, current: dict, ignore=("device",)) -> dict:
 
 def check_resumable(meta: dict, cfg: TrainConfig, d_model: int) -> None:
     """Refuse a resume whose checkpoint was trained with another configuration (naming the fields)."""
-    diff = config_differences(
-        {**meta.get("config", {}), "d_model": meta.get("d_model")}, {**asdict(cfg), "d_model": d_model}
-    )
+    saved = asdict(TrainConfig.from_dict(meta.get("config", {})))
+    diff = config_differences({**saved, "d_model": meta.get("d_model")}, {**asdict(cfg), "d_model": d_model})
     if diff:
         what = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(

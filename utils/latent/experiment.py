@@ -1,411 +1,58 @@
-"""The notebook-04 experiment: cached features, per-seed training with checkpoints, and every mode at
-every ratio over the evaluation questions, stored as it goes so a long run can resume.
+"""Notebook 04 as one experiment in phases: each phase is one call, resumable, under one time budget.
 
-About 450 lines: the one place where data, training and evaluation of notebook 04 meet; the
-pieces (split, selection, caches, compressor, training, report) are modules of their own.
+    exp = Experiment(ExperimentConfig.from_params(globals()), run)
+    exp.prepare()    # data and split, the reader and its prefix cache, the evaluation features
+    exp.train()      # the three compressors per seed (or the saved checkpoint, without training)
+    exp.evaluate()   # every mode at every ratio, the decisive comparisons first
+    exp.optimise()   # the per-context ceiling on the first optimise_contexts evaluation contexts
+    exp.amortise()   # the amortisation run on the dev article (amortise_contexts > 0)
+    exp.results()    # summary rows, acceptance, ceiling, prediction files, metrics.json
 
-Modes (:data:`MODES`), all with the same scaffold, the same anchor and, at ratio r, the same
-M = ceil(context tokens / r) per context:
-
-==============  =====  ==========================================================================
-mode            track  context slot
-==============  =====  ==========================================================================
-no_context      both   nothing (the floor)
-anchor          both   the whole context (the reference; ratio-free)
-lead            QA-free the first M tokens
-random          QA-free M random tokens, in context order
-oracle          QA-free M consecutive tokens around the gold answer (hard-selection ceiling)
-classifier      QA-free a trained token classifier's top-M tokens, in order (LLMLingua-2 style)
-selection_ids   QA-free ``latent``'s own selection (argmax of each pooling segment) as token ids
-pool_adapter    QA-free segment means of token embeddings through a trained projector (control)
-latent          QA-free the trained compressor's M vectors
-bm25            QA     BM25-ranked sentences (against the question) cut to M tokens, in order
-overlap         QA     the M-token window with the most question words
-==============  =====  ==========================================================================
+``run`` is the notebook's :class:`utils.running.Run` (its folder, ``carry_over`` for ``resume``, timers).
+What the run folder holds: ``results.jsonl`` (every row with its question ids), ``predictions/`` (official
+SQuAD prediction files and the evaluated questions as a SQuAD file), ``train_log.jsonl``, ``ckpt_seed<N>/``,
+``optimised/`` (vectors per context and ratio), ``amortise_*`` (the amortisation run), ``metrics.json``.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
-
-from ..files import append_jsonl, read_jsonl
-from .cache import KV, cache_hidden, teacher_topk
-from .compressor import KINDS, build, check_resumable, load_bundle, read_meta, save_bundle
-from .evaluate import generate_grouped
-from .metric import score_predictions
-from .prompts import Scaffold, encode, input_embedding
-from .select import (
-    bm25_positions,
-    budget,
-    char_span_to_tokens,
-    lead_positions,
-    oracle_window,
-    overlap_window,
-    random_positions,
-    token_offsets,
-    token_words,
+from ..files import append_jsonl
+from .amortise import pick_contexts, train_arms, with_targets
+from .compressor import TrainConfig, load_bundle, read_meta
+from .config import ExperimentConfig
+from .modes import MODES, ResultStore, evaluate_all, prepare_eval, write_prediction_files
+from .optimise import VectorStore, optimise_contexts
+from .reader import Reader
+from .select import budget
+from .split import (
+    Split,
+    article_split,
+    cap_contexts,
+    check_disjoint,
+    context_hash,
+    held_out_split,
+    load_examples,
+    resolve_data,
+    synthetic_split,
 )
-from .split import context_hash
-from .squad import QAExample
-from .train import TrainSet, context_features, recall_tasks, salience_labels, train_module
-
-MODES = (
-    "no_context",
-    "anchor",
-    "lead",
-    "random",
-    "oracle",
-    "classifier",
-    "selection_ids",
-    "pool_adapter",
-    "latent",
-    "bm25",
-    "overlap",
-)
-RATIO_FREE = ("no_context", "anchor")
-SEEDED = ("classifier", "selection_ids", "pool_adapter", "latent")
-QUESTION_AWARE = ("bm25", "overlap")
-PER_QUESTION = ("oracle", "bm25", "overlap")
-
-
-@dataclass
-class EvalData:
-    """The evaluation questions and what every mode reads, per distinct context."""
-
-    examples: list  # QAExample, canonical order (article title, then file order)
-    ctx_ids: list  # per context
-    contexts: list  # per context: text
-    q_ctx: list  # per question: context index
-    q_ids: list  # per question: question ids (post + anchor)
-    ans_tok: list  # per question: answer token span (i, j) of the first gold answer
-    offsets: list  # per context: token character spans
-    hidden: list | None = None  # per context: (n, L, d) float16
-
-
-def canonical(examples: Sequence[QAExample]) -> list[QAExample]:
-    """Examples ordered by article title, then file order (the same order in any file holding them)."""
-    return sorted(examples, key=lambda e: e.title)
-
-
-def question_ids(scaffold: Scaffold, question: str, anchored: bool) -> torch.Tensor:
-    post = scaffold.post_ids(question)
-    return torch.cat([post, scaffold.anchor_ids]) if anchored and scaffold.anchor_ids.numel() else post
-
-
-def prepare_eval(tok, scaffold: Scaffold, examples: Sequence[QAExample], anchored: bool) -> EvalData:
-    ex = canonical(examples)
-    contexts = list(dict.fromkeys(e.context for e in ex))
-    index = {c: i for i, c in enumerate(contexts)}
-    ctx_ids = [encode(tok, c) for c in contexts]
-    offsets = [token_offsets(tok, c, ids) for c, ids in zip(contexts, ctx_ids)]
-    ans = []
-    for e in ex:
-        i = index[e.context]
-        s = e.answer_starts[0]
-        ans.append(char_span_to_tokens(offsets[i], s, s + len(e.answers[0])))
-    return EvalData(
-        ex,
-        ctx_ids,
-        contexts,
-        [index[e.context] for e in ex],
-        [question_ids(scaffold, e.question, anchored) for e in ex],
-        ans,
-        offsets,
-    )
-
-
-def slots_for(mode: str, ratio: float, ed: EvalData, llm, modules: dict | None, seed: int = 0):
-    """``(slots, slot index per question)`` of ``mode`` at ``ratio`` (see module docstring)."""
-    n_ctx = len(ed.ctx_ids)
-    per_ctx = list(range(n_ctx))
-    if mode == "no_context":
-        return [torch.zeros(0, dtype=torch.long)] * n_ctx, ed.q_ctx
-    if mode == "anchor":
-        return list(ed.ctx_ids), ed.q_ctx
-    M = [budget(c.shape[0], ratio) for c in ed.ctx_ids]
-    if mode == "lead":
-        return [c[lead_positions(c.shape[0], m)] for c, m in zip(ed.ctx_ids, M)], ed.q_ctx
-    if mode == "random":
-        out = []
-        for i, (c, m) in enumerate(zip(ed.ctx_ids, M)):
-            g = torch.Generator().manual_seed(int(context_hash(ed.contexts[i]), 16) % 2**31 + int(ratio * 1000))
-            out.append(c[random_positions(c.shape[0], m, g)])
-        return out, ed.q_ctx
-    if mode in PER_QUESTION:
-        out = []
-        for qi, e in enumerate(ed.examples):
-            i = ed.q_ctx[qi]
-            c, m = ed.ctx_ids[i], M[i]
-            if mode == "oracle":
-                pos = oracle_window(c.shape[0], m, *ed.ans_tok[qi])
-            elif mode == "bm25":
-                pos = bm25_positions(ed.offsets[i], ed.contexts[i], e.question, m)
-            else:
-                pos = overlap_window(token_words(ed.offsets[i], ed.contexts[i]), e.question, m)
-            out.append(c[pos])
-        return out, list(range(len(ed.examples)))
-    if modules is None:
-        raise ValueError(f"mode {mode!r} needs trained compressors")
-    dev = input_embedding(llm).weight.device
-    out = []
-    for s in range(0, n_ctx, 16):
-        idx = per_ctx[s : s + 16]
-        H, E, mask = context_features(llm, ed.ctx_ids, ed.hidden, idx, dev)
-        with torch.no_grad():
-            if mode in ("latent", "pool_adapter"):
-                out.extend(v.detach() for v in modules[mode](H, E, mask, ratio)[0])
-            else:
-                sel = modules["latent" if mode == "selection_ids" else "classifier"].select(H, mask, ratio)
-                out.extend(ed.ctx_ids[i][p] for i, p in zip(idx, sel))
-    return out, ed.q_ctx
-
-
-class ResultStore:
-    """Per (mode, ratio, seed): predictions and per-question EM / F1, appended to a JSONL file as each
-    finishes, so a resumed run skips what is done."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.rows = (
-            {self.key(r["mode"], r["ratio"], r["seed"]): r for r in read_jsonl(self.path, repair=True)}
-            if self.path.is_file()
-            else {}
-        )
-
-    @staticmethod
-    def key(mode, ratio, seed):
-        return (mode, float(ratio) if ratio is not None else None, seed)
-
-    def has(self, mode, ratio, seed) -> bool:
-        return self.key(mode, ratio, seed) in self.rows
-
-    def get(self, mode, ratio, seed) -> dict:
-        return self.rows[self.key(mode, ratio, seed)]
-
-    def add(self, row: dict) -> None:
-        self.rows[self.key(row["mode"], row["ratio"], row["seed"])] = row
-        append_jsonl(self.path, row)
-
-
-def job_order(ratios: Sequence[float], seeds: Sequence[int], modes=MODES) -> list[tuple]:
-    """``(mode, ratio, seed)`` jobs, most decisive first, so a run stopped by its time budget has the
-    acceptance comparisons: the floor and the anchor; at the main ratio (the first given) lead-M,
-    ``latent`` and its own ids for every seed; at the other ratios the same; then the other baselines
-    and controls at every ratio."""
-    seeds = list(seeds)
-    jobs = [(m, None, None) for m in RATIO_FREE]
-    for r in ratios:
-        jobs += [("lead", r, None)] + [(m, r, s) for s in seeds for m in ("latent", "selection_ids")]
-    for r in ratios:
-        jobs += [(m, r, None) for m in ("random", "oracle", "bm25", "overlap")]
-        jobs += [(m, r, s) for s in seeds for m in ("classifier", "pool_adapter")]
-    return [j for j in jobs if j[0] in modes]
-
-
-def evaluate_all(
-    llm,
-    tok,
-    ed: EvalData,
-    prefix: KV,
-    store: ResultStore,
-    ratios,
-    seeds_modules: dict,
-    max_new_tokens: int,
-    anchor: str,
-    progress: Callable | None = None,
-    modes=MODES,
-    deadline: float | None = None,
-) -> list[tuple]:
-    """Every job of :func:`job_order` into ``store``, skipping what it holds; no job starts after
-    ``deadline`` (a ``time.monotonic()`` value). Returns the jobs left undone."""
-    golds = [e.answers for e in ed.examples]
-    left = []
-    for mode, r, seed in job_order(ratios, sorted(seeds_modules), modes):
-        if store.has(mode, r, seed):
-            continue
-        if deadline is not None and time.monotonic() > deadline:
-            left.append((mode, r, seed))
-            continue
-        t0 = time.perf_counter()
-        slots, q_slot = slots_for(mode, r or 1.0, ed, llm, seeds_modules.get(seed))
-        qs = list(zip(q_slot, ed.q_ids))
-        desc = f"{mode}" + (f" r={r:g}" if r else "") + (f" seed {seed}" if seed is not None else "")
-        preds = generate_grouped(
-            llm,
-            tok,
-            prefix,
-            slots,
-            qs,
-            max_new_tokens,
-            anchor=anchor,
-            progress=(lambda it, d=desc: progress(it, d)) if progress else None,
-        )
-        sc = score_predictions(preds, golds)
-        slot_len = [int(slots[q].shape[0]) for q in q_slot]
-        store.add(
-            {
-                "mode": mode,
-                "ratio": r,
-                "seed": seed,
-                "f1_per": sc["f1_per"].tolist(),
-                "em_per": sc["em_per"].tolist(),
-                "predictions": preds,
-                "slot_len": slot_len,
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-        )
-    return left
-
-
-# ----------------------------------------------------------------------------- training side
-def prepare_train(
-    llm,
-    tok,
-    scaffold: Scaffold,
-    train: Sequence[QAExample],
-    cfg,
-    prefix: KV,
-    topk: int,
-    recall_per_context: int,
-    progress: Callable | None = None,
-) -> TrainSet:
-    """Cached hidden states and labels per training context, recall tasks and teacher top-k per question."""
-    contexts = list(dict.fromkeys(e.context for e in train))
-    index = {c: i for i, c in enumerate(contexts)}
-    ctx_ids = [encode(tok, c) for c in contexts]
-    t0 = time.perf_counter()
-    hidden = cache_hidden(
-        llm, ctx_ids, cfg.layers, cfg.echo, progress=(lambda it: progress(it, "hidden states")) if progress else None
-    )
-    t_hidden = time.perf_counter() - t0
-    qs, ans = {}, {}
-    for e in train:
-        qs.setdefault(e.context, []).append(e.question)
-        ans.setdefault(e.context, set()).update(e.paragraph_answers or e.answers)
-    labels = [salience_labels(tok, c, ids, sorted(ans[c]), qs[c]) for c, ids in zip(contexts, ctx_ids)]
-    anchored = cfg.anchored
-    qa_items = [
-        (index[e.context], question_ids(scaffold, e.question, anchored), scaffold.answer_ids(e.answers[0], anchored))
-        for e in train
-    ]
-    t0 = time.perf_counter()
-    tk = teacher_topk(
-        llm,
-        prefix,
-        ctx_ids,
-        qa_items,
-        tok.pad_token_id or 0,
-        k=topk,
-        K=cfg.K,
-        progress=(lambda it: progress(it, "teacher top-k")) if progress else None,
-    )
-    t_teacher = time.perf_counter() - t0
-    import random as _random
-
-    rng = _random.Random(0)
-    recall = []
-    for c in contexts:
-        for q, a in recall_tasks(c, recall_per_context, rng):
-            recall.append((index[c], question_ids(scaffold, q, anchored), scaffold.answer_ids(a, anchored)))
-    return TrainSet(
-        ctx_ids,
-        hidden,
-        labels,
-        [(*it, t) for it, t in zip(qa_items, tk)],
-        recall,
-        {
-            "contexts": len(contexts),
-            "questions": len(qa_items),
-            "recall_tasks": len(recall),
-            "hidden_cache_s": round(t_hidden, 1),
-            "teacher_cache_s": round(t_teacher, 1),
-        },
-    )
-
-
-def bundle_meta(cfg, d_model: int, target_rms: float, model: str, split, scaffold_info: dict) -> dict:
-    """What a checkpoint records besides weights: config, reader, prompt, and the data it saw."""
-    side = split.train + split.dev
-    return {
-        "config": asdict(cfg),
-        "d_model": d_model,
-        "target_rms": target_rms,
-        "model": model,
-        "scaffold": scaffold_info,
-        "seen_titles": sorted({e.title for e in side}),
-        "seen_contexts": sorted({context_hash(e.context) for e in side}),
-        "progress": {k: 0 for k in KINDS},
-    }
-
-
-def train_seed(
-    llm,
-    ts: TrainSet,
-    cfg,
-    seed: int,
-    prefix: KV,
-    pad_id: int,
-    ckpt_dir: Path,
-    meta: dict,
-    resume: bool,
-    log: Callable | None = None,
-    progress: Callable | None = None,
-    save_every: int = 50,
-) -> dict:
-    """Train the three compressors of one seed, resuming from ``ckpt_dir`` when asked (same config only)."""
-    cfg = replace(cfg, seed=seed)
-    d_model = input_embedding(llm).weight.shape[1]
-    torch.manual_seed(seed)
-    mods = {k: build(k, d_model, cfg, meta["target_rms"]).to(cfg.device) for k in KINDS}
-    meta = {**meta, "config": asdict(cfg), "progress": {k: 0 for k in KINDS}}
-    opts: dict = {}
-    if resume and (ckpt_dir / "config.json").is_file():
-        check_resumable(read_meta(ckpt_dir), cfg, d_model)
-        loaded, opts, saved = load_bundle(ckpt_dir, device=cfg.device)
-        for k, m in loaded.items():
-            mods[k].load_state_dict(m.state_dict())
-        meta["progress"] = saved.get("progress", meta["progress"])
-    for kind in KINDS:
-
-        def save(step, opt, kind=kind):  # only the module in training changed since the last save
-            meta["progress"][kind] = step
-            opts[kind] = opt
-            save_bundle(ckpt_dir, {kind: mods[kind]}, meta, {kind: opt})
-
-        train_module(
-            llm,
-            mods[kind],
-            cfg,
-            ts,
-            prefix,
-            pad_id,
-            start_step=meta["progress"][kind],
-            opt_state=opts.get(kind),
-            log=log,
-            save=save,
-            save_every=save_every,
-            progress=(lambda it, n, k=kind: progress(it, f"seed {seed} {k}", n)) if progress else None,
-        )
-    return mods
-
-
-def load_training_log(path) -> list[dict]:
-    return read_jsonl(path, repair=True) if Path(path).is_file() else []
-
+from .trainer import bundle_meta, finished_bundle, load_training_log, prepare_train, train_seed
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "latent-smollm2"
 
 
 def resolve_checkpoint(checkpoint: str, model: str) -> str:
-    """``auto`` -> the shipped compressor when the reader is the bundled SmolLM2 and it is present (else
-    train here: ``""``); any other value unchanged."""
+    """``auto`` -> the shipped compressor when the reader is the bundled SmolLM2 (any of its names: smollm2,
+    bundled, default) and the bundle is present, else ``""`` (train here); any other value unchanged."""
+    from ..weights.specs import is_bundled
+
     if checkpoint == "auto":
-        return str(SHIPPED) if model == "smollm2" and (SHIPPED / "config.json").is_file() else ""
+        return str(SHIPPED) if is_bundled(model) and (SHIPPED / "config.json").is_file() else ""
     return checkpoint
 
 
@@ -422,15 +69,365 @@ def budget_warning(ctx_lens: Sequence[int], ratios: Sequence[float]) -> str | No
     )
 
 
-def finished_bundle(ckpt_dir: Path, cfg, seed: int, d_model: int) -> dict | None:
-    """The modules of a seed whose training is complete in ``ckpt_dir`` with this configuration, else None
-    (so a resumed run skips the training caches when every seed is done)."""
-    from .train import schedule
+def load_split(cfg: ExperimentConfig, meta: dict | None) -> tuple[Split, str]:
+    """The data ``cfg.data`` names, split by article (module :mod:`.split`) and capped (``max_eval_contexts``,
+    ``max_train_contexts``), and the source's name. With a checkpoint's ``meta`` the evaluation is everything
+    the checkpoint never saw, and its training and dev side are rebuilt when this file and the split
+    parameters give exactly the articles it saw (else left empty)."""
+    split, source = _split(cfg, meta)
+    split.eval = cap_contexts(split.eval, cfg.max_eval_contexts, seed=cfg.split_seed)
+    split.train = cap_contexts(split.train, cfg.max_train_contexts, seed=cfg.split_seed)
+    return split, source
 
-    if not (Path(ckpt_dir) / "config.json").is_file():
-        return None
-    cfg = replace(cfg, seed=seed)
-    meta = read_meta(ckpt_dir)
-    check_resumable(meta, cfg, d_model)
-    done = all(meta.get("progress", {}).get(k, 0) >= sum(n for _, n in schedule(k, cfg)) for k in KINDS)
-    return load_bundle(ckpt_dir, device=cfg.device)[0] if done else None
+
+def _split(cfg: ExperimentConfig, meta: dict | None) -> tuple[Split, str]:
+    source = resolve_data(cfg.data)
+    if source == "synthetic":
+        return synthetic_split(cfg.n_eval_paragraphs, cfg.n_train_paragraphs), source
+    if not source.startswith("hub:") and not Path(source).expanduser().is_file():
+        raise FileNotFoundError(
+            f"parameter data={cfg.data!r}: no such SQuAD JSON file (use data=auto for the shipped sample, "
+            "synthetic, a SQuAD JSON path, or a hub dataset name)"
+        )
+    examples, _ = load_examples(source)
+    if not meta:
+        return article_split(examples, cfg.min_eval_questions, cfg.dev_articles, cfg.split_seed), source
+    split = held_out_split(examples, meta["seen_titles"], meta["seen_contexts"])
+    try:
+        side = article_split(examples, cfg.min_eval_questions, cfg.dev_articles, cfg.split_seed)
+    except ValueError:
+        return split, source
+    if {e.title for e in side.train + side.dev} == set(meta["seen_titles"]):
+        split.train, split.dev = side.train, side.dev
+        split.stats.update(train_articles=side.titles("train"), dev_articles=side.titles("dev"))
+    return split, source
+
+
+@dataclass
+class Trained:
+    modules: dict  # seed -> {kind: module}
+    log: list = field(default_factory=list)  # training steps (empty for a saved checkpoint)
+    sentence: str = ""
+
+
+class Experiment:
+    """The phases of notebook 04 (module docstring) for one configuration and one run folder."""
+
+    def __init__(self, cfg: ExperimentConfig, run, progress: Callable | None = None):
+        from ..progress import progress_bar
+
+        self.cfg, self.run = cfg, run
+        self.progress = progress or (lambda it, desc, total=None: progress_bar(it, desc=desc, total=total))
+        self.deadline = time.monotonic() + cfg.budget_s if cfg.budget_s > 0 else None
+        self.ckpt = resolve_checkpoint(cfg.checkpoint, cfg.model)
+        self.meta = read_meta(self.ckpt) if self.ckpt else None
+        here = {"device": cfg.train.device, "amp": cfg.train.amp}  # where this run computes, whatever the checkpoint
+        self.train_cfg = TrainConfig.from_dict({**self.meta["config"], **here}) if self.meta else cfg.train
+        self.optimised: dict = {}
+        self.left: list = []
+        self.res: dict | None = None
+        if cfg.resume:
+            for name in (
+                "train_log.jsonl",
+                "results.jsonl",
+                "optimised",
+                "amortise_results.jsonl",
+                "amortise_log.jsonl",
+            ):
+                run.carry_over(name)
+            for s in cfg.seed_list:
+                run.carry_over(f"ckpt_seed{s}")
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    # -- phase 1 ------------------------------------------------------------------------------------
+    def prepare(self) -> str:
+        """Data, split, the reader and the evaluation features; returns the report's data paragraph."""
+        from .report import data_sentence
+
+        cfg = self.cfg
+        with self.run.timer("data"):
+            self.split, self.source = load_split(cfg, self.meta)
+            self.disjoint = check_disjoint(self.split)
+            self.reader = Reader.load(cfg.model, cfg.system_prompt, cfg.anchor_text, device=self.train_cfg.device)
+            if self.meta:
+                self.reader.check_checkpoint(self.meta, self.ckpt)
+            self.ed = prepare_eval(self.reader, self.split.eval, self.train_cfg.anchored)
+            self.ed.hidden = self.reader.hidden(
+                self.ed.ctx_ids, self.train_cfg, progress=lambda it: self.progress(it, "eval hidden states")
+            )
+            self.ctx_of = dict(zip(self.ed.qids, self.ed.q_ctx))
+            self.store = ResultStore(self.run.path("results.jsonl"), self.ed.qids)
+        text = data_sentence(self.ed, self.split.stats, self.disjoint, self.source)
+        warn = budget_warning([c.shape[0] for c in self.ed.ctx_ids], cfg.ratio_list)
+        return text + (f"\n\n{warn}" if warn else "")
+
+    # -- phase 2 ------------------------------------------------------------------------------------
+    def train(self) -> Trained:
+        """The compressors of every seed: the saved checkpoint, or trained here (whole seeds only, none
+        started after the time budget; ``resume`` continues from the checkpoints)."""
+        cfg, run, reader = self.cfg, self.run, self.reader
+        if self.ckpt:
+            seed = self.meta["config"]["seed"]
+            self.modules = {seed: load_bundle(self.ckpt, device=str(reader.device))[0]}
+            return Trained(
+                self.modules,
+                sentence=f"Evaluating the saved compressor `{self.ckpt}` (seed {seed}, trained on "
+                f"{len(self.meta['seen_titles'])} articles) without training.",
+            )
+        t, log_path = self.train_cfg, run.path("train_log.jsonl")
+        self.modules = {}
+        for s in cfg.seed_list if cfg.resume else []:  # seeds already trained by an earlier attempt
+            done = finished_bundle(run.path(f"ckpt_seed{s}"), t, s, reader.d_model, str(reader.device))
+            if done:
+                self.modules[s] = done
+        with run.timer("train_features"):
+            ts = None
+            if len(self.modules) < len(cfg.seed_list):
+                ts = prepare_train(reader, self.split.train, t, cfg.kd_topk, cfg.recall_per_context, self.progress)
+        meta = bundle_meta(t, reader, self.split, {"system_prompt": cfg.system_prompt, "anchor": cfg.anchor_text})
+        with run.timer("train"):
+            for s in cfg.seed_list:  # whole seeds only: no seed starts after the budget
+                if s not in self.modules and not self.out_of_time():
+                    self.modules[s] = train_seed(
+                        reader,
+                        ts,
+                        t,
+                        s,
+                        run.path(f"ckpt_seed{s}"),
+                        meta,
+                        cfg.resume,
+                        log=lambda rec: append_jsonl(log_path, rec),
+                        progress=self.progress,
+                    )
+        log = load_training_log(log_path)
+        if log_path.is_file():
+            run.register("train_log.jsonl")
+        steps = [r["step_s"] for r in log if r["phase"] != "salience"]
+        mean = f"{sum(steps) / len(steps):.2f} s" if steps else "not measured"
+        return Trained(
+            self.modules,
+            log,
+            f"Training data: {ts.stats if ts else 'cached by the earlier attempt'}. Steps per seed: latent "
+            f"{t.salience_steps} label + {t.lm_steps} reader steps, pool_adapter {t.lm_steps} reader steps, "
+            f"classifier {t.salience_steps + t.lm_steps} label steps (batch {t.train_batch_size}); mean reader "
+            f"step {mean}.",
+        )
+
+    # -- phase 3 ------------------------------------------------------------------------------------
+    def evaluate(self) -> list:
+        """Every mode but ``optimised`` at every ratio into ``results.jsonl``; returns the jobs left undone."""
+        with self.run.timer("evaluate"):
+            self.left = evaluate_all(
+                self.reader,
+                self.ed,
+                self.store,
+                self.cfg.ratio_list,
+                self.modules,
+                self.cfg.max_new_tokens,
+                self.progress,
+                modes=tuple(m for m in MODES if m != "optimised"),
+                deadline=self.deadline,
+            )
+        if self.store.path.is_file():
+            self.run.register("results.jsonl")
+        return self.left
+
+    # -- phase 4 ------------------------------------------------------------------------------------
+    def optimise(self) -> str:
+        """The ceiling: vectors optimised per context (:mod:`.optimise`) for ``optimise_contexts`` evaluation
+        contexts (a seeded order) at every ratio, then the ``optimised`` mode on their questions. No batch
+        starts after ``optimise_budget_s`` (or the run's budget); each ratio is evaluated on the contexts done."""
+        cfg = self.cfg
+        n = min(cfg.optimise_contexts, len(self.ed.ctx_ids))
+        if n == 0:
+            return "Per-context optimisation skipped (`optimise_contexts = 0`)."
+        order = list(range(len(self.ed.ctx_ids)))
+        random.Random(cfg.split_seed).shuffle(order)  # a seeded order: a larger count keeps the smaller's contexts
+        self.optimise_idx = order[:n]
+        deadline = self.deadline
+        if cfg.optimise_budget_s > 0:
+            deadline = min(deadline or float("inf"), time.monotonic() + cfg.optimise_budget_s)
+        with self.run.timer("optimise"):
+            store = VectorStore(self.run.path("optimised"), self.reader, cfg.optimise_steps, cfg.optimise_lr)
+            t0 = time.perf_counter()
+            got, left = optimise_contexts(
+                self.reader,
+                [self.ed.ctx_ids[i] for i in self.optimise_idx],
+                [self.ed.hashes[i] for i in self.optimise_idx],
+                cfg.ratio_list,
+                store,
+                cfg.optimise_batch,
+                self.train_cfg.amp,
+                self.progress,
+                deadline,
+            )
+            spent = time.perf_counter() - t0
+            got = {(self.optimise_idx[k], r): o for (k, r), o in got.items()}  # evaluation context indices
+            self.optimised = got
+            complete = [r for r in cfg.ratio_list if any(rr == r for _, rr in got)]
+            self.left += [("optimised", r, None) for r in cfg.ratio_list if r not in complete]
+            self.left += evaluate_all(
+                self.reader,
+                self.ed,
+                self.store,
+                complete,
+                {},
+                cfg.max_new_tokens,
+                self.progress,
+                modes=("optimised",),
+                deadline=self.deadline,
+                optimised=self.optimised,
+            )
+        if (self.run.path("optimised")).is_dir():
+            self.run.register("optimised")
+        per = {r: [o.seconds for (_, rr), o in got.items() if rr == r] for r in cfg.ratio_list}
+        cost = ", ".join(f"r = {r:g}: {sum(v) / len(v):.0f} s" for r, v in per.items() if v)
+        whole = sum(sum(v) / len(v) for v in per.values() if v)
+        short = {r: n - len(v) for r, v in per.items() if len(v) < n}
+        return (
+            f"Optimised {n} of {len(self.ed.ctx_ids)} evaluation contexts (a seeded sample) at r = "
+            f"{', '.join(f'{r:g}' for r in cfg.ratio_list)} (at most {cfg.optimise_steps} Adam steps, learning rate "
+            f"{cfg.optimise_lr:g}, {cfg.optimise_batch} contexts per batch). Cost per context on this machine: "
+            f"{cost}, {whole:.0f} s for all ratios ({spent:.0f} s computed in this run, the rest read back from "
+            "`optimised/`)."
+            + (
+                " Not optimised within the time budget (`optimise_budget_s`): "
+                + ", ".join(f"{k} context(s) at r = {r:g}" for r, k in short.items())
+                + "; the `optimised` rows cover the others (rerun with resume=true to go on)."
+                if short
+                else ""
+            )
+        )
+
+    # -- phase 5 ------------------------------------------------------------------------------------
+    def amortise(self) -> dict:
+        """The amortisation run (:mod:`.amortise`) on ``amortise_contexts`` training contexts, scored on the dev
+        article: :func:`.report.amortise_rows` with a ``sentence`` saying what ran (only the sentence when it
+        did not), also added to ``metrics.json``."""
+        from .report import amortise_rows
+
+        cfg, reader, run = self.cfg, self.reader, self.run
+        if cfg.amortise_contexts == 0:
+            return {
+                "sentence": "Amortisation run skipped (`amortise_contexts = 0`); the README gives the command and its "
+                "measured result."
+            }
+        if not self.split.train or not self.split.dev:
+            return {"sentence": "Amortisation run not possible: this run has no training side and dev article."}
+        r, seed = cfg.main_ratio, sorted(self.modules)[0]
+        self.dev_ed = prepare_eval(reader, self.split.dev, self.train_cfg.anchored)
+        self.dev_ed.hidden = reader.hidden(self.dev_ed.ctx_ids, self.train_cfg)
+        self.dev_store = ResultStore(run.path("amortise_results.jsonl"), self.dev_ed.qids)
+        self.dev_ctx_of = dict(zip(self.dev_ed.qids, self.dev_ed.q_ctx))
+        vstore = VectorStore(run.path("optimised"), reader, cfg.optimise_steps, cfg.optimise_lr)
+        with run.timer("amortise"):
+            keep = set(pick_contexts(self.split.train, cfg.amortise_contexts, cfg.split_seed))
+            train = [e for e in self.split.train if e.context in keep]
+            ts = prepare_train(reader, train, self.train_cfg, cfg.kd_topk, cfg.recall_per_context)
+            hashes = [context_hash(c) for c in dict.fromkeys(e.context for e in train)]  # prepare_train's order
+            n_dev = min(cfg.amortise_dev_contexts, len(self.dev_ed.ctx_ids))
+
+            def opt(ids, hs):
+                amp, batch = self.train_cfg.amp, cfg.optimise_batch
+                return optimise_contexts(reader, ids, hs, [r], vstore, batch, amp, self.progress, self.deadline)
+
+            got, left = opt(ts.ctx_ids, hashes)
+            dev_opt, left_dev = opt(self.dev_ed.ctx_ids[:n_dev], self.dev_ed.hashes[:n_dev])
+            if left or left_dev:
+                return {
+                    "sentence": "Amortisation run stopped by the time budget while optimising; rerun with resume=true."
+                }
+            ts = with_targets(ts, {i: got[(i, r)].vectors for i in range(len(ts.ctx_ids))}, reader.target_rms)
+            log_path = run.path("amortise_log.jsonl")
+            t = replace(self.train_cfg, seed=seed)
+            arms = train_arms(
+                reader,
+                self.modules[seed]["latent"],
+                t,
+                ts,
+                r,
+                cfg.amortise_steps,
+                cfg.amortise_weight,
+                log=lambda rec: append_jsonl(log_path, rec),
+                progress=self.progress,
+            )
+            variants = {"start": self.modules[seed], **{a: {"latent": m} for a, m in arms.items()}}
+            evaluate_all(
+                reader,
+                self.dev_ed,
+                self.dev_store,
+                [r],
+                variants,
+                cfg.max_new_tokens,
+                self.progress,
+                modes=("no_context", "anchor", "lead", "latent"),
+            )
+            evaluate_all(
+                reader,
+                self.dev_ed,
+                self.dev_store,
+                [r],
+                {},
+                cfg.max_new_tokens,
+                self.progress,
+                modes=("optimised",),
+                optimised=dev_opt,
+            )
+        for name in ("amortise_results.jsonl", "amortise_log.jsonl"):
+            run.register(name)
+        out = amortise_rows(self.dev_store, self.dev_ctx_of, r, cfg.n_boot)
+        out["sentence"] = (
+            f"Amortisation run at r = {r:g} from seed {seed}'s trained `latent`: {len(ts.ctx_ids)} training contexts "
+            f"with optimised vectors ({len(ts.qa)} questions), {cfg.amortise_steps} QA steps per arm (batch "
+            f"{t.train_batch_size}, w_amortise = {cfg.amortise_weight:g}), scored on the dev article "
+            f"({', '.join(self.split.titles('dev'))}: {len(self.dev_ed.qids)} questions on "
+            f"{len(self.dev_ed.ctx_ids)} contexts; the per-context ceiling on {n_dev} of them)."
+        )
+        if self.res is not None:
+            self.res["amortise"] = {k: v for k, v in out.items() if k != "sentence"}
+            run.save_json(self.res, "metrics.json")
+        return out
+
+    # -- phase 6 ------------------------------------------------------------------------------------
+    def results(self) -> dict:
+        """Summary rows, acceptance and verdict, the ceiling and amortisation rows; writes the prediction files
+        and ``metrics.json``. Returns them as a dict (what ``metrics.json`` holds)."""
+        from . import report
+
+        cfg = self.cfg
+        seeds = sorted(self.modules)
+        rows = report.summary(self.store, self.ctx_of, cfg.ratio_list, seeds, cfg.n_boot)
+        acc = report.acceptance(self.store, self.ctx_of, seeds, cfg.n_boot, r_main=4.0, r_far=10.0)
+        ratios = sorted(cfg.ratio_list)
+        ceiling = report.ceiling_rows(self.store, self.optimised, self.ctx_of, ratios, seeds, cfg.n_boot)
+        out = {
+            "data": {"source": self.source, **self.disjoint, **self.split.stats},
+            "config": asdict(cfg),
+            "summary": rows,
+            "acceptance": acc,
+            "verdict": report.verdict(acc),
+            "ceiling": ceiling,
+            "left_undone": self.left,
+        }
+        write_prediction_files(self.store, self.ed.examples, self.run.path("predictions"))
+        self.run.register("predictions")
+        self.run.save_json(out, "metrics.json")
+        self.res = out
+        return out
+
+    def first_optimised(self) -> int:
+        """The first evaluation context with optimised vectors (0 when none): where the examples start."""
+        return min((i for i, _ in self.optimised), default=0)
+
+    def stopped(self, trained: Trained) -> str | None:
+        """What the time budget left undone, with the way to go on (None when everything ran)."""
+        seeds = sorted(trained.modules)
+        if not self.left and (self.ckpt or len(seeds) == len(self.cfg.seed_list)):
+            return None
+        return (
+            f"**Stopped by the time budget** (`budget_s` = {self.cfg.budget_s:g} s): seeds trained {seeds} of "
+            f"{self.cfg.seed_list}; {len(self.left)} (mode, ratio, seed) evaluations not run: {self.left}. Rerun with "
+            "`resume=true` to go on."
+        )

@@ -1,7 +1,9 @@
 """Which data notebook 04 reads, and the article-level split into training, dev and evaluation.
 
-* ``data="auto"``: the shared SQuAD sample (``../shared/data/squad-v1.1-dev-part-a.json`` next to
-  the project) when it is present, else the seeded synthetic set, so a bare clone runs.
+* ``data="auto"``: the SQuAD sample shipped in the package (``utils/data/squad-v1.1-dev-part-a.json``,
+  CC BY-SA 4.0, see ``utils/data/README.md``): the same questions on every machine. ``synthetic`` is the
+  seeded synthetic set; a path is a SQuAD JSON file; ``hub:NAME`` or a bare ``datasets`` name such as
+  ``rajpurkar/squad`` loads that hub dataset (its validation split) when a hub is reachable.
 * :func:`article_split`: whole articles go to evaluation (seeded order) until at least
   ``min_eval_questions`` questions are held out; the next ``n_dev_articles`` form the dev split (the
   only data any tuning or dev check sees); the rest is training. Every question of an evaluation
@@ -15,13 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .squad import QAExample, load_hub_squad, load_squad_json, make_synthetic_squad, parse_squad
+from .squad import QAExample, load_hub_squad, load_squad_json, make_synthetic_squad, parse_squad, require_questions
 
-SHARED_SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "squad-v1.1-dev-part-a.json"
+SHIPPED_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "squad-v1.1-dev-part-a.json"
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 @dataclass
@@ -38,10 +42,15 @@ class Split:
 
 
 def resolve_data(data: str) -> str:
-    """``auto`` -> the shared SQuAD sample when present, else ``synthetic``; anything else unchanged."""
-    if data == "auto":
-        return str(SHARED_SAMPLE) if SHARED_SAMPLE.is_file() else "synthetic"
-    return data
+    """The data source ``data`` names: ``auto`` -> the shipped sample's path; ``synthetic``; ``hub:NAME`` for a
+    hub dataset (also a bare name such as ``rajpurkar/squad`` or ``squad`` that is no file here); else a path
+    (an existing file, or anything ending in ``.json``, which is then reported missing by the caller)."""
+    s = str(data).strip()
+    if s == "auto":
+        return str(SHIPPED_SAMPLE)
+    if s == "synthetic" or s.startswith("hub:") or Path(s).expanduser().is_file() or s.lower().endswith(".json"):
+        return s
+    return f"hub:{s}" if HUB_NAME.fullmatch(s) else s
 
 
 def context_hash(context: str) -> str:
@@ -49,8 +58,11 @@ def context_hash(context: str) -> str:
 
 
 def load_examples(data: str) -> tuple[list[QAExample], dict]:
-    """Examples of a SQuAD JSON path or ``hub:NAME`` (``synthetic`` is built by :func:`synthetic_split`)."""
-    return load_hub_squad(data[4:]) if data.startswith("hub:") else load_squad_json(data)
+    """Examples of a SQuAD JSON path or ``hub:NAME`` (``synthetic`` is built by :func:`synthetic_split`);
+    a source without any usable question is an error that says why (:func:`.squad.require_questions`)."""
+    examples, stats = load_hub_squad(data[4:]) if data.startswith("hub:") else load_squad_json(data)
+    require_questions(examples, stats, data)
+    return examples, stats
 
 
 def article_split(
@@ -106,11 +118,13 @@ def held_out_split(examples: Sequence[QAExample], seen_titles: Sequence[str], se
 
 
 def cap_contexts(examples: Sequence[QAExample], max_contexts: int, seed: int = 0) -> list[QAExample]:
-    """All questions of at most ``max_contexts`` seeded-random contexts (0 = all), in file order."""
+    """All questions of at most ``max_contexts`` contexts (0 = all), in file order: the first of a seeded order
+    of the contexts, so a larger cap keeps every context of a smaller one (a run can grow on resume)."""
     ctxs = list(dict.fromkeys(e.context for e in examples))
     if max_contexts <= 0 or len(ctxs) <= max_contexts:
         return list(examples)
-    keep = set(random.Random(seed).sample(ctxs, max_contexts))
+    random.Random(seed).shuffle(ctxs)
+    keep = set(ctxs[:max_contexts])
     return [e for e in examples if e.context in keep]
 
 

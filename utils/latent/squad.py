@@ -8,6 +8,7 @@ every sentence gets a question, so an answer is equally likely to sit anywhere i
 
 from __future__ import annotations
 
+import codecs
 import json
 import random
 import warnings
@@ -122,19 +123,22 @@ def parse_squad(obj: Any, source: str = "<object>") -> tuple[list[QAExample], di
 
 
 def load_squad_json(path: str | Path) -> tuple[list[QAExample], dict]:
-    """Read a SQuAD v1.1 / v2.0 JSON file; see :func:`parse_squad` for the return value."""
+    """Read a SQuAD v1.1 / v2.0 JSON file (UTF-8, with or without a byte-order mark); see :func:`parse_squad`
+    for the return value."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"SQuAD file {path} does not exist: pass the path of a SQuAD v1.1/v2.0 "
-            "JSON file (e.g. ../shared/data/squad-v1.1-dev-part-a.json)"
+            "JSON file (data=auto reads the sample shipped in utils/data/squad-v1.1-dev-part-a.json)"
         )
     raw = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0  # editors on Windows write one
     try:
-        text = raw.decode("utf-8")
+        text = raw[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
+        at = e.start + bom
         raise SquadFormatError(
-            f"{path} is not UTF-8 text: byte offset {e.start} (0x{raw[e.start]:02x}) cannot be decoded ({e.reason}); "
+            f"{path} is not UTF-8 text: byte offset {at} (0x{raw[at]:02x}) cannot be decoded ({e.reason}); "
             "SQuAD files are UTF-8 JSON: re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         ) from None
     try:
@@ -144,45 +148,74 @@ def load_squad_json(path: str | Path) -> tuple[list[QAExample], dict]:
     return parse_squad(obj, source=str(path))
 
 
+def require_questions(examples: Sequence[QAExample], stats: dict, source: str) -> None:
+    """Raise :class:`SquadFormatError` when ``source`` gave no usable question, saying why (empty, every
+    question unanswerable, or every answer off its ``answer_start``)."""
+    if examples:
+        return
+    rejected = stats.get("rejected_offsets", [])
+    raise SquadFormatError(
+        f"{source} has no usable question: {stats.get('questions', 0)} question(s) in "
+        f"{stats.get('paragraphs', 0)} paragraph(s), {stats.get('skipped_unanswerable', 0)} of them unanswerable "
+        f"(SQuAD v2.0), {len(rejected)} rejected because an answer is not at its answer_start. Give a SQuAD file "
+        "with answerable questions and correct offsets (data=auto reads the shipped sample)"
+    )
+
+
+def squad_layout(examples) -> dict:
+    """Examples as an official SQuAD v1.1 JSON object: articles by title, paragraphs by context, in order."""
+    arts: dict[str, dict[str, list]] = {}
+    for e in examples:
+        qa = {
+            "id": e.id,
+            "question": e.question,
+            "answers": [{"text": t, "answer_start": s} for t, s in zip(e.answers, e.answer_starts)],
+        }
+        arts.setdefault(e.title, {}).setdefault(e.context, []).append(qa)
+    return {
+        "version": "1.1",
+        "data": [{"title": t, "paragraphs": [{"context": c, "qas": q} for c, q in p.items()]} for t, p in arts.items()],
+    }
+
+
+def hub_rows_to_squad(rows, source: str) -> dict:
+    """Rows of a SQuAD-style hub dataset (``id``, ``title``, ``context``, ``question``, ``answers`` =
+    ``{"text": [...], "answer_start": [...]}``) in the official JSON layout, so :func:`parse_squad` checks
+    them like a file."""
+    out = []
+    for i, r in enumerate(rows):
+        missing = [k for k in ("context", "question", "answers") if k not in r]
+        if missing:
+            raise _err(
+                f"{source}[{i}]", f"a SQuAD-style row needs 'context', 'question' and 'answers'; missing {missing}"
+            )
+        ans = r["answers"] or {}
+        texts = list(ans.get("text", []))
+        starts = list(ans.get("answer_start", [None] * len(texts)))
+        out.append(QAExample(str(r.get("id", i)), r["question"], r["context"], texts, starts, str(r.get("title", ""))))
+    return squad_layout(out)
+
+
 def load_hub_squad(name: str = "rajpurkar/squad", split: str = "validation") -> tuple[list[QAExample], dict]:
-    """A SQuAD-style dataset from the Hugging Face hub (needs the ``datasets`` package and network)."""
+    """A SQuAD-style dataset from the Hugging Face hub through ``datasets`` (needs the package and network);
+    checked like a file (:func:`parse_squad`). No package or no hub is one clear error naming the fix."""
     try:
         import datasets  # type: ignore
     except ImportError as e:
         raise ImportError(
-            "loading a hub dataset needs the `datasets` package (pip install datasets); "
-            "offline, pass a local SQuAD JSON path instead"
+            f"data={name!r} names a hub dataset, which needs the `datasets` package (pip install datasets) and "
+            "network; offline, use data=auto (the shipped SQuAD sample) or a local SQuAD JSON path"
         ) from e
-    ds = datasets.load_dataset(name, split=split)
-    out, n_skip = [], 0
-    for i, r in enumerate(ds):
-        ans = r.get("answers") or {}
-        texts = list(ans.get("text", []))
-        if not texts:
-            n_skip += 1
-            continue
-        out.append(
-            QAExample(
-                str(r.get("id", i)),
-                r["question"],
-                r["context"],
-                texts,
-                [int(s) for s in ans.get("answer_start", [-1] * len(texts))],
-                r.get("title", ""),
-            )
-        )
-    by_ctx: dict[str, set] = {}
-    for e in out:
-        by_ctx.setdefault(e.context, set()).update(e.answers)
-    for e in out:
-        e.paragraph_answers = sorted(by_ctx[e.context])
-    return out, {
-        "questions": len(out) + n_skip,
-        "kept": len(out),
-        "skipped_unanswerable": n_skip,
-        "paragraphs": len(by_ctx),
-        "version": name,
-    }
+    try:
+        rows = datasets.load_dataset(name, split=split)
+    except Exception as e:  # no network, no such dataset, offline mode: every failure says the same fix
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConnectionError(
+            f"could not load the hub dataset {name!r} (split {split!r}): {type(e).__name__}: {first}. The hub is "
+            "unreachable from here or has no such dataset; use data=auto (the shipped SQuAD sample) or a local "
+            "SQuAD JSON path"
+        ) from e
+    return parse_squad(hub_rows_to_squad(rows, f"hub:{name}"), source=f"hub:{name}")
 
 
 # ----------------------------------------------------------------------------- synthetic set

@@ -51,3 +51,37 @@ def f1_by_ratio(rows: Sequence[dict], ratios: Sequence[float]):
     ax.legend(fontsize=7, ncol=2, loc="upper right")
     fig.tight_layout()
     return fig
+
+
+def ceiling(rows: Sequence[dict]):
+    """The per-context ceiling by ratio: left, F1 from the optimised vectors beside ``latent``, lead-M and the
+    full context on the same questions (95 % context-bootstrap intervals); right, how much of each context the
+    reader regenerates from them (token accuracy, the share regenerated exactly) beside the mean-pooled start."""
+    use_style()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.5, 4.0))
+    modes = ("optimised", "latent", "lead", "anchor")
+    names = {"optimised": "optimised (ceiling)", "latent": "latent", "lead": "lead-M", "anchor": "full context"}
+    palette = dict(zip(modes, sns.color_palette("deep", len(modes))))
+    ratios = [r["ratio"] for r in rows]
+    x = np.arange(len(rows))
+    for k, mode in enumerate(modes):
+        ci = [r.get(mode) or (np.nan,) * 3 for r in rows]
+        m = np.array([c[0] for c in ci])
+        err = np.array([[c[0] - c[1] for c in ci], [c[2] - c[0] for c in ci]])
+        ax.errorbar(x + (k - 1.5) * 0.15, m, yerr=err, fmt="o", capsize=3, color=palette[mode], label=names[mode])
+    ax.set_xticks(x, [f"r={r:g}" for r in ratios])
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("F1 on the optimised contexts' questions")
+    ax.set_title("QA from optimised vectors")
+    ax.legend(fontsize=7)
+    width = 0.27
+    bx.bar(x - width, [100 * r["init_acc"] for r in rows], width, label="token acc., mean-pooled start", color="0.7")
+    bx.bar(x, [100 * r["token_acc"] for r in rows], width, label="token acc., optimised", color=palette["optimised"])
+    bx.bar(x + width, [100 * r["exact"] for r in rows], width, label="contexts regenerated exactly", color="0.3")
+    bx.set_xticks(x, [f"r={r:g}\n({r_['contexts']} ctx)" for r, r_ in zip(ratios, rows)])
+    bx.set_ylim(0, 105)
+    bx.set_ylabel("%")
+    bx.set_title("Regenerating the context from M vectors")
+    bx.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
