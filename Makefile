@@ -63,11 +63,12 @@ bench: $(VENV)/.stamp-bench ## Print the benchmark figures with their baselines 
 fixtures: $(VENV)/.stamp ## Write once the 8B and 3B random-weight checkpoints for bench_scale (~22 GB, ~/.cache; TSPECTRA_FIXTURES)
 	$(PY) -m utils.weights.fixtures
 
-families: $(VENV)/.stamp ## Run the conformance tests of every family and regenerate the README's family table from them
+families: $(VENV)/.stamp ## Conformance tests of every family, the README's family table from them, notebooks 01 and 02 on each family
 	rm -f docs/conformance.jsonl
 	TSPECTRA_CONFORMANCE=docs/conformance.jsonl $(PY) -m pytest -q -n 2 tests/test_families.py -k "not readme"
 	$(PY) -m utils.weights.family_table docs/conformance.jsonl docs/conformance.json README.md
 	rm -f docs/conformance.jsonl
+	TSPECTRA_ALL_FAMILIES=1 $(PY) -m pytest -q -n 2 tests/test_family_analyses.py -k every_family
 
 sync: $(VENV)/.stamp ## Generate / update the paired .ipynb next to each notebooks/*.py (jupytext)
 	$(VENV)/bin/jupytext --sync $(NOTEBOOKS)

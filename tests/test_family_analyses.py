@@ -4,6 +4,8 @@ to end on a family of each kind (mixture of experts, latent attention, fused sto
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from conftest import TINY_VOCAB, build_tiny_tokenizer, run_notebook_smoke
@@ -65,6 +67,24 @@ def test_notebooks_01_02_07_on_a_mixture_of_experts_and_on_latent_attention(case
             "07_model_diff", {"model": model, "model_b": f"random:{model}", "kernel": kernel}, tmp_path
         )
         assert (r7 / "head_diff.csv").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("TSPECTRA_ALL_FAMILIES"), reason="outside the CI budget: `make families` runs it"
+)
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_notebooks_01_and_02_on_a_checkpoint_folder_of_every_family(case, tmp_path, tmp_path_factory):
+    """Issue 20's acceptance, literally: notebooks 01 and 02 end to end on a checkpoint folder of each family
+    (about 40 notebook runs, so `make families` runs it rather than `make test`)."""
+    model = str(folder(case, tmp_path_factory))
+    r1 = run_notebook_smoke("01_weight_ranks", {"model": model, "n_boot": 0}, tmp_path)
+    n = len(open_weights(model).matrices())
+    import pandas as pd
+
+    assert len(pd.read_csv(r1 / "weight_ranks.csv")) == n
+    r2 = run_notebook_smoke("02_attention_kernels", {"model": model, "top_k": 5, "composition": False}, tmp_path)
+    assert "Kernels are `raw`" in (r2 / "report.md").read_text()
 
 
 @pytest.mark.slow
