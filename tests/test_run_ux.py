@@ -98,3 +98,33 @@ def test_an_interactive_run_left_at_the_default_name_goes_to_its_own_folder(tmp_
     named.finish()
     monkeypatch.setattr(utils.progress, "headless", lambda: True)  # papermill / jupytext: the name as given
     assert start_run(TINY, {"output_root": str(tmp_path)}).final_dir == tmp_path / "99_tiny" / "default"
+
+
+def test_parameters_the_papermill_way_file_then_yaml_then_p_and_log_output(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("steps: 3\nlabel: from the file\nseconds: 0.0\n")
+    args = [TINY, "--run-name", "r", "--output-root", tmp_path / "out", "-f", params, "-y", "label: from -y"]
+    args += ["-p", "steps", "2", "--log-output"]
+    done = subprocess.run(CLI + [str(a) for a in args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rec = json.loads((tmp_path / "out" / "99_tiny" / "r" / "run.json").read_text())
+    assert rec["params"]["steps"] == 2 and rec["params"]["label"] == "from -y" and rec["params"]["seconds"] == 0.0
+    assert "report: " in done.stdout and "tiny steps: 100%" in done.stdout  # cell outputs, by --log-output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    for extra in (["-f", bad], ["-y", "steps: [1"], ["-f", tmp_path / "missing.yaml"]):
+        done = subprocess.run(CLI + [TINY, "--output-root", str(tmp_path / "o2"), *map(str, extra)], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 2 and done.stderr.startswith("error: "), done.stderr
+        assert "YAML" in done.stderr or "cannot read the parameters file" in done.stderr
+    assert not (tmp_path / "o2").exists()
+
+
+def test_help_is_written_for_users():
+    done = subprocess.run(CLI + ["--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    text = done.stdout
+    for option in ("-f FILE", "-y YAML", "-p NAME VALUE", "--log-output", "--list-params", ".failed"):
+        assert option in text
+    for markup in ("``", ":mod:", ":func:", ":class:", "About 450 lines", "supervisor"):
+        assert markup not in text, f"developer text in --help: {markup}"

@@ -21,6 +21,24 @@ def utc_now(timespec: str = "seconds") -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec=timespec)
 
 
+_MODELS_READ: list[str] = []  # model specs opened or loaded in this process, in order
+
+
+def note_model(spec) -> None:
+    """Record that this process read the model ``spec`` (:func:`utils.weights.open_weights`, ``load_model``):
+    a run records the models it read, and the index shows them (empty for a run that read none)."""
+    _MODELS_READ.append(str(spec).strip())
+
+
+def models_read(since: int = 0) -> list[str]:
+    """The distinct model specs read by this process since position ``since`` of its record, in order."""
+    return list(dict.fromkeys(_MODELS_READ[since:]))
+
+
+def models_read_count() -> int:
+    return len(_MODELS_READ)
+
+
 def seconds_between(start, end) -> float | None:
     """Seconds from one ISO 8601 time to another (to the millisecond); None when either is missing or malformed."""
     try:

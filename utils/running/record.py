@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, json_text, swap_in, write_jsonl
-from ..provenance import git_state, package_versions, seconds_between, utc_now
+from ..provenance import git_state, models_read, models_read_count, package_versions, seconds_between, utc_now
 from .claim import claim_run
 from .context import RunContext, make_context
 from .params import check_choice, check_nonnegative, check_positive, notebook_parameters
@@ -101,6 +101,7 @@ class Run:
         self.root = root
         self.versions = package_versions()
         self.git = git_state()
+        self._models_from = models_read_count()  # models read by this run: from here on
         self.status = "running"
         self._outputs: dict[int, list[str]] = {}
         self._cell_runs: dict[int, int] = {}
@@ -294,6 +295,7 @@ class Run:
             "ended_utc": self.ended,
             "duration_s": seconds_between(self.started, self.ended),
             "params": self.params,
+            "models": models_read(self._models_from),
             "git": self.git,
             "versions": self.versions,
             "timings_s": self.timings,
