@@ -150,9 +150,9 @@ COLUMNS = [  # (header, width in percent, sort as)
     ("sweep", 8, "text"),
     ("run", 10, "text"),
     ("model", 11, "text"),
-    ("parameters (not default)", 18, "text"),
+    ("parameters (not default)", 17, "text"),
     ("status", 10, "text"),
-    ("duration", 7, "num"),
+    ("duration", 8, "num"),
     ("links", 16, "text"),
 ]
 
