@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO_ROOT, TINY_NOTEBOOK
 
 CLI = [sys.executable, "-m", "utils.run_notebook"]
@@ -32,13 +33,16 @@ def test_the_runner_prints_the_running_cells_progress_with_an_eta(tmp_path):
     assert not list(tmp_path.rglob(".progress")), "the progress file stays in the staging folder, removed with it"
 
 
-def _papermill_notebook(tmp_path):
-    """The tiny notebook as papermill reads it (``.ipynb``), calling start_run with its source's path."""
+def _papermill_notebook(tmp_path, **values):
+    """The tiny notebook as papermill reads it (``.ipynb``), calling start_run with its source's path;
+    ``values``: parameter defaults changed in its parameters cell (for jupytext, which injects none)."""
     import jupytext
 
     nb = jupytext.read(TINY_NOTEBOOK)
     for c in nb.cells:
         c.source = c.source.replace('start_run("99_tiny"', f"start_run({TINY!r}")
+        for name, value in values.items():
+            c.source = re.sub(rf"^{name}: (\w+) = [^#]*#", rf"{name}: \1 = {value!r}  #", c.source, flags=re.M)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / "tiny.ipynb"
     jupytext.write(nb, path)
@@ -68,10 +72,20 @@ def test_the_same_papermill_command_with_a_relative_path_works_from_the_root_and
     assert "99_tiny" in (root / "index.html").read_text()
 
 
-def test_a_notebook_that_fails_under_plain_papermill_leaves_a_failed_folder_with_its_status(tmp_path):
-    nb, root = _papermill_notebook(tmp_path), tmp_path / "out"
-    done = _papermill([nb, tmp_path / "executed.ipynb", "-p", "run_name", "f", "-p", "fail", "True"], REPO_ROOT, root)
-    assert done.returncode != 0 and "failed on purpose" in done.stderr
+@pytest.mark.parametrize("tool", ["papermill", "jupytext"])
+def test_a_notebook_that_fails_under_plain_papermill_or_jupytext_leaves_a_failed_folder(tmp_path, tool):
+    root = tmp_path / "out"
+    if tool == "papermill":
+        nb = _papermill_notebook(tmp_path)
+        done = _papermill([nb, tmp_path / "ran.ipynb", "-p", "run_name", "f", "-p", "fail", "True"], REPO_ROOT, root)
+    else:
+        nb = _papermill_notebook(tmp_path, run_name="f", fail=True)
+        env = dict(os.environ, TSPECTRA_OUTPUT=str(root))
+        env.pop("TSPECTRA_RUN_CONTEXT", None)
+        env.pop("TSPECTRA_HEADLESS", None)
+        cmd = [sys.executable, "-m", "jupytext", "--execute", "--to", "ipynb", "-o", tmp_path / "ran.ipynb", nb]
+        done = subprocess.run([str(c) for c in cmd], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "failed on purpose" in done.stderr + done.stdout
     failed = root / "99_tiny" / "f.failed"
     rec = json.loads((failed / "run.json").read_text())
     assert rec["status"] == "failed" and rec["error"]["ename"] == "RuntimeError"
