@@ -142,3 +142,17 @@ def test_help_is_written_for_users():
         assert option in text
     for markup in ("``", ":mod:", ":func:", ":class:", "About 450 lines", "supervisor"):
         assert markup not in text, f"developer text in --help: {markup}"
+
+
+def test_a_progress_line_has_the_count_the_current_item_and_the_time_left():
+    from tqdm import tqdm
+
+    from utils.progress import progress_line
+
+    bar = tqdm(total=211, desc="weight sweep", disable=False, file=open(os.devnull, "w"))
+    bar.n, bar.start_t = 87, bar._time() - 30.0  # 87 items in 30 s: 124 left take 124 * 30 / 87 s
+    bar.set_postfix_str("blk.14.ffn_up", refresh=False)
+    assert progress_line(bar) == f"weight sweep 87/211 · blk.14.ffn_up · ETA {tqdm.format_interval(124 * 30 / 87)}"
+    costs = tqdm(total=1000, desc="12/226 matrices, now blk.3", bar_format="{desc}", file=open(os.devnull, "w"))
+    costs.n, costs.start_t = 250, costs._time() - 10.0
+    assert progress_line(costs) == "12/226 matrices, now blk.3 · 25% · ETA 00:30"

@@ -111,12 +111,11 @@ def progress_line(bar) -> str:
 
     d = bar.format_dict
     n, total, elapsed = d["n"], d["total"], d["elapsed"]
-    parts = [str(d.get("prefix") or "").strip()]
-    if total:
-        parts.append(f"{100 * n / total:.0f}%" if d.get("bar_format") else f"{n}/{total}")
-    elif n:
-        parts.append(str(n))
-    line = " ".join(p for p in parts if p)
+    desc = str(d.get("prefix") or "").strip()
+    if total and d.get("bar_format"):  # its own units (bytes, costs): the description says what is done
+        line = " · ".join(p for p in (desc, f"{100 * n / total:.0f}%") if p)
+    else:
+        line = " ".join(p for p in (desc, f"{n}/{total}" if total else (str(n) if n else "")) if p)
     if d.get("postfix"):
         line += f" · {str(d['postfix']).lstrip(', ')}"
     if total and n and elapsed > 0:
