@@ -135,6 +135,10 @@ def test_parameters_the_papermill_way_file_then_yaml_then_p_and_log_output(tmp_p
 
 
 def test_help_is_written_for_users():
+    sweep = subprocess.run(
+        [sys.executable, "-m", "utils.sweep", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert sweep.returncode == 0 and "``" not in sweep.stdout and "index.csv" in sweep.stdout
     done = subprocess.run(CLI + ["--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     text = done.stdout
