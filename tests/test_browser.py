@@ -9,7 +9,10 @@ What it does: copies ``notebooks/`` to a temp folder, starts JupyterLab there on
 with a token and the project's settings override (``lab/overrides.json``: ``.py`` files open as
 notebooks), opens ``01_weight_ranks.py``, runs all cells on a tiny model, checks that every figure
 renders, saves, and checks that the ``.py`` on disk did not change; then opens the run's
-``report.html`` and checks that its images load.
+``report.html`` and checks that its images load. Issue 23: an explorer redraws when a control moves;
+Lab lists each notebook once and opening one does not mark it modified; ``output/index.html`` sorts,
+filters and searches at 1000 px, opens a failed run's notebook as HTML with its error, and a report
+links back to it.
 """
 
 from __future__ import annotations

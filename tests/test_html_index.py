@@ -149,3 +149,18 @@ def test_a_report_has_contents_a_link_back_to_the_index_linked_files_and_the_git
     state = "with uncommitted changes" if porcelain.strip() else "no uncommitted changes"
     assert re.search(rf"git commit <code>{head[:12]}</code> \({state}\)", page)
     assert git_state(tmp_path) == {"commit": None, "dirty": None}  # outside a checkout: unknown, no crash
+
+
+def test_the_model_column_shows_the_models_a_run_read_and_nothing_for_none(tmp_path):
+    """Issue 23: the model a run read, not the default of a parameter it never used."""
+    quiet = Run("03_sa_rescale", "from-geometry", {"model": "smollm2", "geometry_json": "g.json"}, tmp_path)
+    quiet.finish()  # a run that loaded no model (its geometry came from a file)
+    two = Run("07_model_diff", "ab", {"model": "a", "model_b": "b"}, tmp_path)
+    note_model("/w/a")
+    note_model("/w/b")
+    note_model("/w/a")  # read twice, listed once
+    two.finish()
+    runs = {r["run"]: r for r in collect_runs(tmp_path)}
+    assert runs["from-geometry"]["model"] == "" and runs["ab"]["model"] == "/w/a, /w/b"
+    assert json.loads((quiet.final_dir / "run.json").read_text())["models"] == []
+    assert "<code title='/w/a, /w/b'>" in write_index_html(tmp_path).read_text()
