@@ -98,7 +98,9 @@ class _ProgressEcho:
             return
         if line and line != self.last:
             self.last, self.t = line, now
-            print(f"[{self.label}] {line}", file=sys.stderr, flush=True)
+            # papermill's cell counter redraws its line with a carriage return: clear it (a terminal) or end it
+            lead = "\r\033[K" if sys.stderr.isatty() else "\n"
+            print(f"{lead}[{self.label}] {line}", file=sys.stderr, flush=True)
 
 
 class NotebookFailed(RuntimeError):
