@@ -14,6 +14,9 @@ $(VENV)/.stamp: pyproject.toml scripts/setup_env.sh
 	PYTHON=$(PYTHON) bash scripts/setup_env.sh
 
 $(VENV)/.stamp-lab: $(VENV)/.stamp lab/overrides.json
+	@echo "[lab] first start: installing JupyterLab (the 'lab' extra of pyproject.toml; jupytext, ipywidgets and"
+	@echo "[lab] ipympl come with the base install) into $(VENV), and Lab's settings (lab/overrides.json: .py files"
+	@echo "[lab] open as notebooks). This takes a few minutes, once; later starts skip it."
 	EXTRAS=test,lab PYTHON=$(PYTHON) bash scripts/setup_env.sh
 	mkdir -p $(VENV)/share/jupyter/lab/settings
 	cp lab/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
@@ -71,11 +74,13 @@ families: $(VENV)/.stamp ## Conformance tests of every family, the README's fami
 	TSPECTRA_ALL_FAMILIES=1 $(PY) -m pytest -q -n 2 tests/test_family_analyses.py -k every_family
 
 sync: $(VENV)/.stamp ## Generate / update the paired .ipynb next to each notebooks/*.py (jupytext)
-	$(VENV)/bin/jupytext --sync $(NOTEBOOKS)
+	$(PY) -m utils.running.lab $(NOTEBOOKS)
 
 lab: $(VENV)/.stamp-lab ## JupyterLab with the repository as its root (opens in notebooks/; .py files open as notebooks)
 	$(MAKE) sync
+	@echo "[lab] starting JupyterLab; a Run All with run_name \"default\" writes to output/<notebook>/lab/"
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
+	  --config=lab/jupyter_server_config.json \
 	  $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 clean: ## Remove generated notebooks and caches (keeps output/ and .venv)

@@ -92,9 +92,10 @@ def test_a_sweep_folder_opens_as_a_menu_of_its_runs(runs, tmp_path):
     assert ex.current is not first and ex.current.results.dir.name == "a=2"
 
 
-def test_headless_runs_show_nothing_and_missing_data_is_named(tmp_path, monkeypatch):
+def test_headless_runs_show_nothing_and_missing_data_is_named(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TSPECTRA_HEADLESS", "1")
     assert explore.here(tmp_path) is None
+    assert f"report:  {tmp_path / 'report.html'}" in capsys.readouterr().out  # the last cell says where results went
     (tmp_path / "run.json").write_text('{"notebook": "02_attention_kernels", "params": {}}')
     with pytest.raises(explore.ExplorerDataMissing, match="made before this explorer existed"):
         explore.open(tmp_path)

@@ -252,7 +252,7 @@ def test_an_early_ctrl_c_stops_the_run_and_keeps_the_complete_one(tmp_path, dela
     if kept.exists():  # the kernel had opened the run: kept as interrupted, its duration true to its times
         rec = json.loads((kept / "run.json").read_text())
         span = (datetime.fromisoformat(rec["ended_utc"]) - datetime.fromisoformat(rec["started_utc"])).total_seconds()
-        assert rec["status"] == "interrupted" and rec["elapsed_s"] == pytest.approx(span, abs=1.0)
+        assert rec["status"] == "interrupted" and rec["duration_s"] == pytest.approx(span, abs=1.0)
     else:
         assert "nothing" in err or "before or after" in err, err
     assert hidden_files(tmp_path) == []

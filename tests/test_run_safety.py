@@ -190,7 +190,7 @@ def test_sigint_then_sigterm_mid_run_marks_interrupted_and_keeps_the_complete_ru
     assert rec["status"] == "interrupted" and rec["signal"] == "SIGINT" and rec["ended_utc"]
     # issue 21, item 14: its duration agrees with its start and end
     span = (datetime.fromisoformat(rec["ended_utc"]) - datetime.fromisoformat(rec["started_utc"])).total_seconds()
-    assert rec["elapsed_s"] == pytest.approx(span, abs=1.0)
+    assert rec["duration_s"] == pytest.approx(span, abs=1.0)
     notebook = json.loads((inter / "05_spectral_dynamics.ipynb").read_text())
     assert "Run interrupted by SIGINT" in "".join(notebook["cells"][0]["source"])
     assert notebook["metadata"]["transformer_spectra"]["status"] == "interrupted"

@@ -79,6 +79,13 @@ def test_failures_are_isolated_the_compare_runs_after_and_a_second_run_executes_
     assert {"model", "layer_idx", "duration_s", "started_utc", "path", "report", "error"} <= set(index.columns)
     assert (index.duration_s > 0).all() and index.path.map(lambda p: Path(p).is_dir()).all()
     assert len(pd.read_csv(group / "index.csv")) == 3
+    # issue 23: one duration per run, the same in index.csv, run.json and index.html's list
+    from utils.running.index import collect_runs
+
+    listed = {str(r["path"]): r["duration_s"] for r in collect_runs(tmp_path)}
+    for path, seconds in zip(index.path, index.duration_s):
+        rec = json.loads((Path(path) / "run.json").read_text())
+        assert seconds == pytest.approx(rec["duration_s"], abs=1e-3) and listed[path] == rec["duration_s"]
     # the comparison ran after the runs it waits for, and its numbers are the runs' numbers
     cmp_dir = tmp_path / "06_compare" / "iso" / "default"
     cmp_rec = _whole(cmp_dir, "06_compare")

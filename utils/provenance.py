@@ -15,9 +15,60 @@ PACKAGES = ("torch", "transformers", "numpy", "pandas", "gguf", "safetensors", "
             "papermill")  # fmt: skip
 
 
-def utc_now() -> str:
-    """The current time in UTC, ISO 8601 to the second (``2026-11-30T12:00:00+00:00``)."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def utc_now(timespec: str = "seconds") -> str:
+    """The current time in UTC, ISO 8601 to the second (``2026-11-30T12:00:00+00:00``; ``timespec``:
+    ``"milliseconds"`` for a run's start and end, from which its duration is computed)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec=timespec)
+
+
+_MODELS_READ: list[str] = []  # model specs opened or loaded in this process, in order
+
+
+def note_model(spec) -> None:
+    """Record that this process read the model ``spec`` (:func:`utils.weights.open_weights`, ``load_model``):
+    a run records the models it read, and the index shows them (empty for a run that read none)."""
+    _MODELS_READ.append(str(spec).strip())
+
+
+def models_read(since: int = 0) -> list[str]:
+    """The distinct model specs read by this process since position ``since`` of its record, in order."""
+    return list(dict.fromkeys(_MODELS_READ[since:]))
+
+
+def models_read_count() -> int:
+    return len(_MODELS_READ)
+
+
+def seconds_between(start, end) -> float | None:
+    """Seconds from one ISO 8601 time to another (to the millisecond); None when either is missing or malformed."""
+    try:
+        return round((_dt.datetime.fromisoformat(end) - _dt.datetime.fromisoformat(start)).total_seconds(), 3)
+    except (TypeError, ValueError):
+        return None
+
+
+def git_state(folder=None) -> dict:
+    """The git commit of the checkout holding ``folder`` (default: this project) and whether its tree has
+    uncommitted changes (tracked or untracked files; ignored files such as ``output/`` do not count).
+
+    ``{"commit": None, "dirty": None}`` (unknown) outside a git checkout or without git; never raises."""
+    import subprocess
+    from pathlib import Path
+
+    where = Path(folder) if folder is not None else Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=20)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = git("status", "--porcelain")
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+        return {"commit": head.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
 
 
 def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:

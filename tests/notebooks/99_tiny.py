@@ -14,7 +14,9 @@
 
 # %%
 import time
+from pathlib import Path
 
+from utils.progress import progress_bar
 from utils.running import start_run
 
 # %% tags=["parameters"]
@@ -23,11 +25,19 @@ output_root: str = "output"  # results root; a relative path is taken from the p
 seconds: float = 0.0  # how long the run works, in all {0..}
 steps: int = 1  # files written, one per step {1..}
 label: str = ""  # any text (a grid axis for sweeps)
+copy_from: str = ""  # a text file copied into the run as copy.txt; a relative path is taken from the project root
+fail: bool = False  # raise in the last cell (a failed run)
 
 # %%
 run = start_run("99_tiny", globals())
-for i in range(steps):
+if copy_from:
+    run.save_text(Path(copy_from).read_text(), "copy.txt")
+bar = progress_bar(range(steps), desc="tiny steps", unit="step")
+for i in bar:
+    bar.set_postfix_str(f"step_{i}", refresh=False)
     time.sleep(seconds / steps)
     run.save_text(f"step {i} of {label!r}", f"step_{i}.txt")
+if fail:
+    raise RuntimeError("the tiny notebook failed on purpose")
 run.show(f"{steps} steps in {seconds} s")
 run.finish()

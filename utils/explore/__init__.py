@@ -51,7 +51,12 @@ def open(path):  # noqa: A001 - the verb a user expects
 
 
 def here(run):
-    """The explorer of ``run`` (a finished :class:`~utils.running.Run`) in JupyterLab; None when headless."""
+    """The explorer of ``run`` (a finished :class:`~utils.running.Run`) in JupyterLab; None when headless. Says
+    first where the run's results went (its folder and HTML report), so the notebook's last cell does."""
+    from pathlib import Path
+
+    final = Path(getattr(run, "final_dir", run))
+    print(f"results: {final}/\nreport:  {final / 'report.html'}")
     if headless():
         return None
     try:

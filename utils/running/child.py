@@ -106,6 +106,7 @@ def main(argv=None) -> int:
             progress_bar=bool(args.get("progress")),
             execution_timeout=args.get("timeout"),
             kernel_manager_class=_ipc_kernel_manager(kdir),
+            **({"stdout_file": sys.stdout, "stderr_file": sys.stderr} if args.get("log_output") else {}),
         )
     except pm.PapermillExecutionError as e:
         _write_in(stage, CHILD_ERROR, {"ename": e.ename, "evalue": str(e.evalue), "exec_count": e.exec_count})

@@ -25,8 +25,21 @@ folder under a run's name always holds one complete run. Under the runner
 context) and does the swap, recording ``failed`` and ``interrupted`` runs as well; a run outside the
 runner claims the name itself (:mod:`utils.running.claim`: a lock, released by :meth:`Run.finish`).
 
-``run.json`` holds: notebook, run name, status, start and end times (UTC), the exact parameters,
-package versions, timings, the file list, the kernel's process id.
+``run.json`` holds: notebook, run name, status, start and end times (UTC) and the duration between
+them (``duration_s``: the one duration the index, a sweep's ``index.csv`` and the report show; under
+the runner it starts when the runner starts the notebook), the exact parameters, the git commit and
+whether the tree had uncommitted changes (``git``: null values outside a git checkout), package
+versions, timings, the file list, the kernel's process id.
+
+Relative paths. :func:`start_run` makes the project root the kernel's working folder (the runner
+starts its kernels there already): a relative path in any parameter (a model, a data file) means the
+same file whether the runner, papermill from the root or from ``notebooks/``, ``jupytext --execute``
+or JupyterLab started the notebook.
+
+Runs from JupyterLab. An interactive run whose ``run_name`` is left at ``"default"`` is named
+:data:`LAB_RUN_NAME` (``output/<notebook>/lab/``), so a Run All never replaces what ``make run``
+wrote to ``output/<notebook>/default/``; set ``run_name`` to choose another name. A run outside the
+runner rewrites ``<output root>/index.html`` when it ends.
 """
 
 from __future__ import annotations
@@ -41,14 +54,15 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, json_text, swap_in, write_jsonl
-from ..provenance import package_versions, utc_now
+from ..provenance import git_state, models_read, models_read_count, package_versions, seconds_between, utc_now
 from .claim import claim_run
 from .context import RunContext, make_context
 from .params import check_choice, check_nonnegative, check_positive, notebook_parameters
-from .paths import check_run_name, find_notebook, run_dir
+from .paths import PROJECT_ROOT, check_run_name, find_notebook, run_dir
 from .report import assemble, df_to_md, markdown_to_html, md_table, normalize_code, source_cells
 
 STATUSES = ("running", "complete", "failed", "interrupted")
+LAB_RUN_NAME = "lab"  # the run name of an interactive run (JupyterLab) left at run_name = "default"
 
 
 class Run:
@@ -82,10 +96,13 @@ class Run:
         self.params = dict(params)
         self.timings: dict[str, float] = {}
         self.files: list[str] = []
-        self.started = utc_now()
+        self.started = utc_now("milliseconds")
+        self.ended: str | None = None
+        self.root = root
         self.versions = package_versions()
+        self.git = git_state()
+        self._models_from = models_read_count()  # models read by this run: from here on
         self.status = "running"
-        self._t0 = time.perf_counter()
         self._outputs: dict[int, list[str]] = {}
         self._cell_runs: dict[int, int] = {}
         self._last_cell = -1
@@ -94,7 +111,10 @@ class Run:
         except FileNotFoundError:
             self._cells = []
         self._code_index = {normalize_code(s): i for i, (k, s) in enumerate(self._cells) if k == "code"}
+        self.error: dict | None = None
         self._write_record()
+        if self.owns_stage:
+            _watch_outside_runner(self)
 
     # -- paths and timing --------------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -228,8 +248,11 @@ class Run:
         md = self.report_markdown()
         self.save_text(md, "report.md")
         title = next((ln.lstrip("# ").strip() for ln in md.splitlines() if ln.startswith("# ")), self.notebook)
-        self.save_text(markdown_to_html(md, self.dir, title=f"{title} ({self.run_name})"), "report.html")
+        index = os.path.relpath(Path(self.root) / "index.html", self.final_dir).replace(os.sep, "/")
+        page = markdown_to_html(md, self.dir, title=f"{title} ({self.run_name})", index_href=index)
+        self.save_text(page, "report.html")
         self.status = "complete"
+        self.ended = utc_now("milliseconds")
         self._write_record()
         if self.owns_stage:
             for p in self.dir.iterdir():  # the claim's record of the stage's owner
@@ -238,7 +261,27 @@ class Run:
             swap_in(self.dir, self.final_dir)
             self.dir = self.final_dir
             self._claim.release()
-        print(f"report: {self.final_dir / 'report.md'}")
+        _refresh_index(self.root)
+        print(f"report: {self.final_dir / 'report.html'}")
+
+    def stop(self, status: str, error: dict | None = None) -> Path | None:
+        """End a run outside the runner that cannot finish (a cell raised under papermill or jupytext, or the
+        kernel is shutting down): record ``status`` and ``error`` and move the staging folder to
+        ``<run name>.<status>/`` (the last complete run is untouched), then refresh the index. Returns that
+        folder; None when the run is not this kernel's to end (the runner's, or already ended)."""
+        if not self.owns_stage or self.status != "running" or not self.dir.is_dir():
+            return None
+        self.status, self.error, self.ended = status, error, utc_now("milliseconds")
+        self._write_record()
+        for p in self.dir.iterdir():
+            if p.name.startswith(".") and p.is_file():
+                p.unlink(missing_ok=True)
+        target = self.final_dir.with_name(f"{self.run_name}.{status}")
+        swap_in(self.dir, target)
+        self.dir = target
+        self._claim.release()
+        _refresh_index(self.root)
+        return target
 
     # -- the record -----------------------------------------------------------------------------
     def record(self) -> dict:
@@ -247,10 +290,13 @@ class Run:
             "run_name": self.run_name,
             "group": self.group,
             "status": self.status,
+            "error": self.error,
             "started_utc": self.started,
-            "ended_utc": utc_now() if self.status != "running" else None,
-            "elapsed_s": round(time.perf_counter() - self._t0, 3),
+            "ended_utc": self.ended,
+            "duration_s": seconds_between(self.started, self.ended),
             "params": self.params,
+            "models": models_read(self._models_from),
+            "git": self.git,
             "versions": self.versions,
             "timings_s": self.timings,
             "files": self.files,
@@ -259,13 +305,29 @@ class Run:
         }
 
     def record_markdown(self) -> str:
+        commit, dirty = self.git.get("commit"), self.git.get("dirty")
+        if commit is None:
+            code = "Code: not a git checkout (commit unknown)."
+        else:
+            state = {True: "with uncommitted changes", False: "no uncommitted changes"}.get(dirty, "changes unknown")
+            code = f"Code: git commit `{commit[:12]}` ({state})."
+        files = [f for f in self.files if f not in ("report.md", "report.html")]
+        listed = [f"- [{f}]({f})" for f in files] or ["(none)"]
         return "\n".join(
             [
                 "## Run record",
                 "",
                 f"Notebook `{self.notebook}`, run `{self.run_name}`"
                 + (f" of sweep `{self.group}`" if self.group else "")
-                + f", started {self.started} (UTC).",
+                + f", started {self.started} (UTC). {code}",
+                "",
+                "### Files",
+                "",
+                *listed,
+                "- [run.json](run.json) (parameters, versions, timings, status)",
+                f"- [{self.notebook}.ipynb]({self.notebook}.ipynb) (the executed notebook, where the runner wrote it)"
+                if not self.owns_stage
+                else "",
                 "",
                 "### Parameters",
                 "",
@@ -284,6 +346,44 @@ class Run:
 
     def _write_record(self) -> None:
         atomic_write_text(self.dir / "run.json", json_text(self.record()))
+
+
+def _watch_outside_runner(run: Run) -> None:
+    """A run outside the runner ends as ``<name>.failed/`` when a cell raises in a headless kernel (plain
+    papermill, ``jupytext --execute``: execution stops there, and ``run.finish()`` never comes), and as
+    ``<name>.interrupted/`` when its kernel exits before ``run.finish()``; never as a hidden staging folder
+    that says "running" forever. In Lab a cell that raised can be fixed and run again: the run stays open."""
+    import atexit
+
+    from ..progress import headless
+
+    atexit.register(run.stop, "interrupted", {"ename": "KernelExit", "evalue": "the kernel exited before run.finish()"})
+    ip = _kernel()
+    if ip is None or not hasattr(ip, "events") or not headless():
+        return
+
+    def after_cell(result):
+        err = getattr(result, "error_in_exec", None)
+        if err is not None and run.stop("failed", {"ename": type(err).__name__, "evalue": str(err)}) is not None:
+            print(f"run failed: {run.dir} (run.json records the error)")
+        if run.status != "running":
+            with contextlib.suppress(ValueError):
+                ip.events.unregister("post_run_cell", after_cell)
+
+    ip.events.register("post_run_cell", after_cell)
+
+
+def _refresh_index(root) -> None:
+    """Rewrite ``<root>/index.html`` after a run that the runner did not start (Lab, papermill, jupytext);
+    the runner and the sweep write it themselves. Never fails the run."""
+    if RunContext.from_env() is not None:
+        return
+    from .index import write_index_html
+
+    try:
+        write_index_html(Path(root))
+    except OSError as e:
+        print(f"note: could not update the index of runs ({e})")
 
 
 def _kernel():
@@ -340,10 +440,17 @@ def start_run(
     way of stating rules, still honoured; a notebook declares them beside its parameters instead
     (:mod:`utils.running.params`).
     """
+    from ..progress import _in_kernel, headless
+
+    if _in_kernel() and Path.cwd() != PROJECT_ROOT:  # one rule for relative paths (module docstring)
+        os.chdir(PROJECT_ROOT)
     ctx = RunContext.from_env()
     if ctx is None:
         src = find_notebook(notebook)
-        given = {p.name: namespace[p.name] for p in notebook_parameters(src) if p.name in namespace}
+        declared = {p.name for p in notebook_parameters(src)}
+        given = {k: namespace[k] for k in declared if k in namespace}
+        if _in_kernel() and not headless() and "run_name" in declared and given.get("run_name", "default") == "default":
+            given["run_name"] = LAB_RUN_NAME  # an interactive run never replaces what `make run` wrote
         ctx = make_context(src, given)
     elif ctx.notebook != Path(notebook).stem:
         raise RuntimeError(f"this kernel was started by the runner for {ctx.notebook}, not {notebook}")

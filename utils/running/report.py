@@ -60,6 +60,8 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f
 td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;height:auto}
 code{background:#f5f5f5;padding:0 3px;border-radius:3px}pre{background:#f5f5f5;padding:0.8em;overflow-x:auto}
 details{margin:0.8em 0}.caption{font-style:italic;color:#555}
+nav.top{font-size:0.9em;color:#555}nav.toc{border:1px solid #ddd;border-radius:4px;padding:0.4em 1em;margin:1em 0;
+font-size:0.92em}nav.toc ul{margin:0.2em 0;padding-left:1.2em}nav.toc li.h3{margin-left:1.2em;list-style:circle}
 """
 
 
@@ -69,8 +71,37 @@ _NUM_CELL = re.compile(
 )
 
 
-def markdown_to_html(markdown: str, base_dir: str | Path, title: str = "report") -> str:
-    """A self-contained HTML page for ``markdown``: local images inlined as base64 PNG data."""
+def _slug(text: str, seen: set) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", html.unescape(re.sub(r"<[^>]+>", "", text)).lower()).strip("-") or "section"
+    slug, n = base, 1
+    while slug in seen:
+        n += 1
+        slug = f"{base}-{n}"
+    seen.add(slug)
+    return slug
+
+
+def _table_of_contents(body: str) -> tuple[str, str]:
+    """``body`` with an ``id`` on every h2 / h3, and a table of contents linking them (empty without headings)."""
+    seen: set = set()
+    entries = []
+
+    def anchor(m):
+        level, inner = m.group(1), m.group(2)
+        slug = _slug(inner, seen)
+        entries.append((level, slug, re.sub(r"<[^>]+>", "", inner)))
+        return f'<h{level} id="{slug}">{inner}</h{level}>'
+
+    body = re.sub(r"<h([23])>(.*?)</h\1>", anchor, body, flags=re.S)
+    if not entries:
+        return body, ""
+    items = "".join(f'<li class="h{lv}"><a href="#{slug}">{text}</a></li>' for lv, slug, text in entries)
+    return body, f'<nav class="toc"><strong>Contents</strong><ul>{items}</ul></nav>'
+
+
+def markdown_to_html(markdown: str, base_dir: str | Path, title: str = "report", index_href: str | None = None) -> str:
+    """A self-contained HTML page for ``markdown``: local images inlined as base64 PNG data, a table of contents
+    of its sections after the title, and (``index_href``: a relative link) a link back to the index of runs."""
     from markdown_it import MarkdownIt
 
     md = MarkdownIt("commonmark", {"html": True}).enable("table")
@@ -88,6 +119,12 @@ def markdown_to_html(markdown: str, base_dir: str | Path, title: str = "report")
 
     body = re.sub(r'(<img[^>]*?src=)"([^"]+)"', inline, body)
     body = _NUM_CELL.sub(r'<td class="num">\1</td>', body)
+    body, toc = _table_of_contents(body)
+    if toc:  # after the title (the first h1), else at the top
+        m = re.search(r"</h1>", body)
+        body = body[: m.end()] + "\n" + toc + body[m.end() :] if m else toc + body
+    if index_href:
+        body = f'<nav class="top"><a href="{html.escape(index_href)}">&larr; all runs (index)</a></nav>\n' + body
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import json
 import os
 import re
@@ -58,7 +57,8 @@ import nbformat
 
 from ..files import atomic_write_json, swap_in
 from ..markdown import md_table
-from ..provenance import utc_now
+from ..progress import PROGRESS_FILE
+from ..provenance import git_state, seconds_between, utc_now
 from .claim import RunRefused, claim_run, process_alive
 from .context import CONTEXT_ENV, RunContext, make_context
 from .index import write_index_html
@@ -72,6 +72,35 @@ CHILD_ERROR = ".child-error.json"
 KERNEL_DIR_PREFIX = "tspectra-kernel-"
 SOCKET_PATH_MAX = 100  # a Unix socket address holds 108 bytes on Linux (104 on macOS)
 GRACE_S = 20.0
+PROGRESS_ENV = "TSPECTRA_PROGRESS_INTERVAL"  # seconds between two progress lines in the terminal (default 5)
+
+
+class _ProgressEcho:
+    """Print the running cell's progress bar (the kernel's ``.progress`` line, :mod:`utils.progress`) in the
+    terminal, one line at most every few seconds, and only when it changed."""
+
+    def __init__(self, stage: Path, label: str):
+        self.path = stage / PROGRESS_FILE
+        self.label = label
+        try:
+            self.every = float(os.environ.get(PROGRESS_ENV, "") or 5.0)
+        except ValueError:
+            self.every = 5.0
+        self.last, self.t = "", 0.0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self.t < self.every:
+            return
+        try:
+            line = self.path.read_text().strip()
+        except OSError:
+            return
+        if line and line != self.last:
+            self.last, self.t = line, now
+            # papermill's cell counter redraws its line with a carriage return: clear it (a terminal) or end it
+            lead = "\r\033[K" if sys.stderr.isatty() else "\n"
+            print(f"{lead}[{self.label}] {line}", file=sys.stderr, flush=True)
 
 
 class NotebookFailed(RuntimeError):
@@ -150,10 +179,12 @@ class _Supervisor:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def wait(self, proc: subprocess.Popen) -> int:
+    def wait(self, proc: subprocess.Popen, tick=None) -> int:
         self.proc = proc
         deadline = None
         while True:
+            if tick is not None:
+                tick()
             if self.stopped() and deadline is None:
                 self.send(signal.SIGTERM)
                 deadline = time.monotonic() + GRACE_S
@@ -250,13 +281,6 @@ def _mark_notebook(path: Path, status: str, signum: int | None) -> None:
     os.replace(tmp, path)
 
 
-def _seconds_between(a: str, b: str) -> float | None:
-    try:
-        return (_dt.datetime.fromisoformat(b) - _dt.datetime.fromisoformat(a)).total_seconds()
-    except (TypeError, ValueError):
-        return None
-
-
 def _finalize(ctx: RunContext, status: str, error: dict | None, started: str, replace: bool, signum) -> Path:
     """Record the outcome in ``run.json``, mark the notebook, drop temp files and swap the stage into place."""
     stage = Path(ctx.stage)
@@ -266,10 +290,12 @@ def _finalize(ctx: RunContext, status: str, error: dict | None, started: str, re
     except (OSError, ValueError):
         rec = {"notebook": ctx.notebook, "run_name": ctx.run_name, "group": ctx.group, "params": ctx.params}
         rec["files"] = []
-    rec.update(status=status, started_utc=rec.get("started_utc") or started, error=error, runner_pid=os.getpid())
+    # one duration everywhere (run.json, index.html, index.csv): from the runner's start to the run's end
+    rec.update(status=status, started_utc=started, error=error, runner_pid=os.getpid())
     if status != "complete" or not rec.get("ended_utc"):  # a complete run's kernel recorded its own end
-        rec["ended_utc"] = utc_now()
-        rec["elapsed_s"] = _seconds_between(rec["started_utc"], rec["ended_utc"])
+        rec["ended_utc"] = utc_now("milliseconds")
+    rec["duration_s"] = seconds_between(rec["started_utc"], rec["ended_utc"])
+    rec.setdefault("git", git_state())
     if status == "interrupted":
         rec["signal"] = signal.Signals(signum).name if signum else None
     _mark_notebook(stage / f"{ctx.notebook}.ipynb", status, signum)
@@ -293,12 +319,14 @@ def execute(
     progress: bool = False,
     group: str | None = None,
     stop=None,
+    log_output: bool = False,
 ) -> Path:
     """Execute a notebook with parameters into its run folder (module docstring); returns the folder.
 
     ``run_name`` / ``output_root``: as ``--run-name`` / ``--output-root``, or the parameters of those
     names (two different values are refused); default ``default`` and ``output``. ``group``: the run
-    goes to ``<root>/<notebook>/<group>/<run_name>/``. ``stop``: an object with ``is_set()`` (a
+    goes to ``<root>/<notebook>/<group>/<run_name>/``. ``log_output``: stream the cells' outputs to this
+    process's stdout / stderr as they come (papermill's ``--log-output``). ``stop``: an object with ``is_set()`` (a
     ``threading.Event``); once set, the run is interrupted as by SIGINT.
 
     Raises ``ValueError`` (:class:`~utils.running.params.ParameterError`, a bad name, an unusable output
@@ -306,10 +334,12 @@ def execute(
     :class:`NotebookFailed` when a cell raised, :class:`RunInterrupted` after SIGINT / SIGTERM.
     """
     ctx = make_context(notebook, params, run_name, output_root, group)
-    return execute_context(ctx, replace=replace, timeout=timeout, progress=progress, stop=stop)
+    return execute_context(ctx, replace=replace, timeout=timeout, progress=progress, stop=stop, log_output=log_output)
 
 
-def execute_context(ctx: RunContext, replace: bool = False, timeout=None, progress: bool = False, stop=None) -> Path:
+def execute_context(
+    ctx: RunContext, replace: bool = False, timeout=None, progress: bool = False, stop=None, log_output: bool = False
+) -> Path:
     """:func:`execute` for a context already made (a sweep makes them when it plans its runs). What depends on
     the machine (a visible GPU, the model's files) is checked again here, where the notebook runs."""
     check_params(notebook_parameters(ctx.source), ctx.params, here=True)
@@ -325,10 +355,11 @@ def execute_context(ctx: RunContext, replace: bool = False, timeout=None, progre
         "parameters": ctx.params,
         "timeout": timeout,
         "progress": progress,
+        "log_output": log_output,
         "kernel_dir": str(kdir),
     }
     env = dict(os.environ, **{CONTEXT_ENV: ctx.to_json(), "TSPECTRA_HEADLESS": "1", "PYTHONUNBUFFERED": "1"})
-    started = utc_now()
+    started = utc_now("milliseconds")
     try:
         with _Supervisor(stop) as sup:
             try:
@@ -341,7 +372,7 @@ def execute_context(ctx: RunContext, replace: bool = False, timeout=None, progre
                         env=env,
                         start_new_session=True,
                     )
-                    rc = sup.wait(proc)
+                    rc = sup.wait(proc, _ProgressEcho(stage, ctx.label) if progress else None)
             except BaseException:  # the runner itself failed: leave nothing behind
                 sup.send(signal.SIGKILL)
                 kill_kernel(stage, kdir)
@@ -398,33 +429,113 @@ def _option(params: dict, name: str, value, option: str) -> None:
     params[name] = value
 
 
+USAGE = """\
+Run a notebook headless with parameters; its results go to <output root>/<notebook>/<run name>/.
+
+examples:
+  python -m utils.run_notebook 01 --model smollm2
+  python -m utils.run_notebook notebooks/02_attention_kernels.py --run-name l5 -p layer_idx 5
+  python -m utils.run_notebook 02 -f params.yaml -y 'head_idx: 3' --log-output
+  python -m utils.run_notebook 01 --list-params
+
+Parameters are set as with papermill: -f reads a YAML file, -y a YAML string, -p one name and value;
+a later source overrides an earlier one (-f, then -y, then -p). Each value is converted to the type
+the notebook declares and checked against its rule before anything starts (--list-params shows them).
+A relative path in a parameter is taken from the project root, whoever runs the notebook.
+
+What you find afterwards:
+  <run name>/              the complete run: report.html, report.md, result files, run.json and
+                           the executed notebook; it replaces the previous run of that name
+  <run name>.failed/       a cell raised: the executed notebook with the error, run.json with it;
+                           the last complete run is kept (unless --replace)
+  <run name>.interrupted/  Ctrl-C or SIGTERM: what the run wrote until then
+  <output root>/index.html every run, newest first (rewritten after each run)
+
+While a cell runs, its progress bar (current item, done/total, time left) is printed here every
+few seconds. Exit codes: 0 complete, 1 a cell failed, 2 refused before starting, 130 interrupted.
+"""
+
+
+def _yaml_mapping(text: str, where: str) -> dict:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ParameterError(f"{where} is not valid YAML ({e}); write one 'name: value' per line") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ParameterError(f"{where} must be a YAML mapping of parameter names to values, e.g. 'layer_idx: 5'")
+    return value
+
+
+def gather_params(files, yamls, pairs) -> dict:
+    """The parameters given on the command line, papermill's way: each ``-f`` file, then each ``-y`` string,
+    then ``-p`` pairs; a later source overrides an earlier one; one name given twice by ``-p`` is refused."""
+    params: dict = {}
+    for f in files:
+        try:
+            text = Path(f).read_text()
+        except OSError as e:
+            raise ParameterError(f"cannot read the parameters file {f} ({e.strerror or e}); check the path") from None
+        params.update(_yaml_mapping(text, f"the parameters file {f}"))
+    for y in yamls:
+        params.update(_yaml_mapping(y, f"-y {y!r}"))
+    seen: dict = {}
+    for name, value in pairs:
+        if name in seen and seen[name] != value:
+            raise ParameterError(f"-p {name} is given twice ({seen[name]!r} and {value!r}); give it once")
+        seen[name] = params[name] = value
+    return params
+
+
 def main(argv=None, stop: SignalFlag | None = None) -> int:
     # Until a run's supervisor takes over (and again after it), a SIGINT / SIGTERM is noted by ``stop``: a
     # signal before the run starts stops it from starting, and one during the clean-up cannot kill it halfway.
     stop = stop or SignalFlag().install()
     ap = argparse.ArgumentParser(
-        prog="python -m utils.run_notebook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m utils.run_notebook", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("notebook", help="notebooks/NN_name.py, NN_name or NN")
-    ap.add_argument(
-        "--run-name", default=None, help="results go to <output-root>/<notebook>/<run-name>/ (default: default)"
-    )
+    ap.add_argument("--run-name", default=None, help="name of the run folder (default: default)")
     ap.add_argument(
         "-p",
+        "--parameters",
         "--param",
+        dest="param",
         nargs=2,
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="set a parameter (repeatable); the value is converted to the parameter's declared type and checked "
-        "against its rule; -p run_name / -p output_root are --run-name / --output-root",
+        help="set a parameter (repeatable)",
     )
-    ap.add_argument("--model", default=None, help="set the `model` parameter, for notebooks that have one")
+    ap.add_argument(
+        "-f",
+        "--parameters-file",
+        dest="files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML file of parameters",
+    )
+    ap.add_argument(
+        "-y",
+        "--parameters-yaml",
+        dest="yamls",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="YAML string of parameters",
+    )
+    ap.add_argument("--model", default=None, help="set the model parameter (for notebooks that have one)")
     ap.add_argument(
         "--output-root",
         default=None,
-        help="results root (default: $TSPECTRA_OUTPUT or <project>/output; relative paths are "
-        "taken from the project root)",
+        help="where results go (default: $TSPECTRA_OUTPUT, else output/ in the project; relative to the project root)",
+    )
+    ap.add_argument(
+        "--log-output", action="store_true", help="also print every cell's output here as it runs (as papermill does)"
     )
     ap.add_argument(
         "--replace",
@@ -432,7 +543,7 @@ def main(argv=None, stop: SignalFlag | None = None) -> int:
         help="let a failed or interrupted run replace the last complete run of the same name",
     )
     ap.add_argument("--list-params", action="store_true", help="print the notebook's parameters and exit")
-    ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    ap.add_argument("--timeout", type=int, default=None, help="stop a cell that runs longer than this many seconds")
     a = ap.parse_args(argv)
     params: dict = {}
     try:
@@ -440,10 +551,7 @@ def main(argv=None, stop: SignalFlag | None = None) -> int:
             rows = [[p["name"], p["type"], repr(p["default"]), p["help"]] for p in list_params(a.notebook)]
             print(md_table(["parameter", "type", "default", "help {rule}"], rows))
             return 0
-        for name, value in a.param:
-            if name in params and params[name] != value:
-                raise ParameterError(f"-p {name} is given twice ({params[name]!r} and {value!r}); give it once")
-            params[name] = value
+        params = gather_params(a.files, a.yamls, a.param)
         _option(params, "run_name", a.run_name, "--run-name")
         _option(params, "output_root", a.output_root, "--output-root")
         if a.model is not None:
@@ -454,7 +562,15 @@ def main(argv=None, stop: SignalFlag | None = None) -> int:
                     f"note: {find_notebook(a.notebook).stem} takes no `model` parameter; --model ignored",
                     file=sys.stderr,
                 )
-        run = execute(a.notebook, params=params, replace=a.replace, timeout=a.timeout, progress=True, stop=stop)
+        run = execute(
+            a.notebook,
+            params=params,
+            replace=a.replace,
+            timeout=a.timeout,
+            progress=True,
+            stop=stop,
+            log_output=a.log_output,
+        )
     except NotebookFailed as e:
         print(f"FAILED: {e}", file=sys.stderr)
         _write_index(params.get("output_root"))

@@ -41,7 +41,9 @@ def _print_plan(sweep, root) -> None:
 
 def main(argv=None, stop: SignalFlag | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m utils.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m utils.sweep",
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("sweep", nargs="?", help="the sweep file (YAML), e.g. sweeps/smollm2-vs-init.yaml")
     ap.add_argument("--output-root", default=None, help="results root (default: $TSPECTRA_OUTPUT or <project>/output)")

@@ -109,15 +109,11 @@ def run_task(job: dict, *after) -> dict:
         executed = e.run_dir is not None
     except Exception as e:  # refused (name in use, a GPU missing here): recorded, the sweep goes on
         status, error = "failed", f"{type(e).__name__}: {e}"
-    return {
-        **row,
-        "status": status,
-        "executed": executed,
-        "path": str(path or ""),
-        "error": error,
-        "ended_utc": utc_now(),
-        "duration_s": round(time.perf_counter() - t0, 2),
-    }
+    row.update(ended_utc=utc_now(), duration_s=round(time.perf_counter() - t0, 2))
+    rec = stored_record(Path(path)) if path else None
+    if rec and rec.get("duration_s") is not None:  # the run's own times: one duration everywhere
+        row.update(started_utc=rec["started_utc"], ended_utc=rec["ended_utc"], duration_s=rec["duration_s"])
+    return {**row, "status": status, "executed": executed, "path": str(path or ""), "error": error}
 
 
 def drop_attempts(final: Path) -> None:
@@ -299,7 +295,7 @@ def _initial_row(p: Planned, sweep: Sweep) -> dict:
         "path": str(p.final),
         "started_utc": rec.get("started_utc"),
         "ended_utc": rec.get("ended_utc"),
-        "duration_s": rec.get("elapsed_s"),
+        "duration_s": rec.get("duration_s"),
     }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..provenance import note_model
 from .random_init import build_random_model
 from .sources import GGUFWeights, HFWeights
 from .specs import download_from_hub, resolve_model
@@ -32,6 +33,7 @@ def load_model(
 
     transformers.logging.set_verbosity_error()
     kind, where = resolve_model(spec)
+    note_model(spec)
     kw = {"dtype": dtype}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..provenance import note_model
 from .families import family_of
 from .layout import ModelDims, dims_of
 from .random_init import open_random
@@ -15,6 +16,7 @@ def open_weights(spec: str | os.PathLike) -> WeightSource:
     """A :class:`WeightSource` for any model spec (see :mod:`utils.weights.specs`), named as the user gave it."""
     kind, where = resolve_model(spec)
     label = str(spec).strip()
+    note_model(label)
     if kind == "random":
         return open_random(where, name=label)
     if kind == "gguf":
