@@ -27,6 +27,8 @@ LAZY_OK = {
     ("running/params.py", "utils.device"),  # torch, for the device rule: the runner needs it only for a run
     ("running/params.py", "utils.weights"),  # torch and the model readers, for a {layer of model} rule
     ("running/record.py", "utils.device"),  # torch, for start_run in the kernel; not for the runner or a sweep
+    ("provenance.py", "utils.device"),  # torch, for the GPU line of a run record: the runner starts without it
+    ("sweep/execute.py", "utils.device"),  # torch, for the local GPU count: the sweep driver starts without it
     ("weight_ranks/rmt.py", "utils.diff.match"),  # the lead moves check_complete into utils.weights
 }
 

@@ -54,9 +54,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, json_text, swap_in, write_jsonl
+from ..progress import _in_kernel, headless
 from ..provenance import git_state, models_read, models_read_count, package_versions, seconds_between, utc_now
 from .claim import claim_run
 from .context import RunContext, make_context
+from .index import write_index_html
 from .params import check_choice, check_nonnegative, check_positive, notebook_parameters
 from .paths import PROJECT_ROOT, check_run_name, find_notebook, run_dir
 from .report import assemble, df_to_md, markdown_to_html, md_table, normalize_code, source_cells
@@ -355,8 +357,6 @@ def _watch_outside_runner(run: Run) -> None:
     that says "running" forever. In Lab a cell that raised can be fixed and run again: the run stays open."""
     import atexit
 
-    from ..progress import headless
-
     atexit.register(run.stop, "interrupted", {"ename": "KernelExit", "evalue": "the kernel exited before run.finish()"})
     ip = _kernel()
     if ip is None or not hasattr(ip, "events") or not headless():
@@ -378,7 +378,6 @@ def _refresh_index(root) -> None:
     the runner and the sweep write it themselves. Never fails the run."""
     if RunContext.from_env() is not None:
         return
-    from .index import write_index_html
 
     try:
         write_index_html(Path(root))
@@ -440,8 +439,6 @@ def start_run(
     way of stating rules, still honoured; a notebook declares them beside its parameters instead
     (:mod:`utils.running.params`).
     """
-    from ..progress import _in_kernel, headless
-
     if _in_kernel() and Path.cwd() != PROJECT_ROOT:  # one rule for relative paths (module docstring)
         os.chdir(PROJECT_ROOT)
     ctx = RunContext.from_env()
