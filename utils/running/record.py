@@ -53,8 +53,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .. import progress as _progress  # read at call time (tests stand in a kernel for it)
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, json_text, swap_in, write_jsonl
-from ..progress import _in_kernel, headless
 from ..provenance import git_state, models_read, models_read_count, package_versions, seconds_between, utc_now
 from .claim import claim_run
 from .context import RunContext, make_context
@@ -359,7 +359,7 @@ def _watch_outside_runner(run: Run) -> None:
 
     atexit.register(run.stop, "interrupted", {"ename": "KernelExit", "evalue": "the kernel exited before run.finish()"})
     ip = _kernel()
-    if ip is None or not hasattr(ip, "events") or not headless():
+    if ip is None or not hasattr(ip, "events") or not _progress.headless():
         return
 
     def after_cell(result):
@@ -439,14 +439,15 @@ def start_run(
     way of stating rules, still honoured; a notebook declares them beside its parameters instead
     (:mod:`utils.running.params`).
     """
-    if _in_kernel() and Path.cwd() != PROJECT_ROOT:  # one rule for relative paths (module docstring)
+    if _progress._in_kernel() and Path.cwd() != PROJECT_ROOT:  # one rule for relative paths (module docstring)
         os.chdir(PROJECT_ROOT)
     ctx = RunContext.from_env()
     if ctx is None:
         src = find_notebook(notebook)
         declared = {p.name for p in notebook_parameters(src)}
         given = {k: namespace[k] for k in declared if k in namespace}
-        if _in_kernel() and not headless() and "run_name" in declared and given.get("run_name", "default") == "default":
+        interactive = _progress._in_kernel() and not _progress.headless()
+        if interactive and "run_name" in declared and given.get("run_name", "default") == "default":
             given["run_name"] = LAB_RUN_NAME  # an interactive run never replaces what `make run` wrote
         ctx = make_context(src, given)
     elif ctx.notebook != Path(notebook).stem:
