@@ -287,11 +287,11 @@ class Experiment:
         whole = sum(sum(v) / len(v) for v in per.values() if v)
         short = {r: n - len(v) for r, v in per.items() if len(v) < n}
         return (
-            f"Optimised {n} of {len(self.ed.ctx_ids)} evaluation contexts (a seeded sample) at r = "
+            f"Chose {n} of {len(self.ed.ctx_ids)} evaluation contexts (a seeded sample) to optimise at r = "
             f"{', '.join(f'{r:g}' for r in cfg.ratio_list)} (at most {cfg.optimise_steps} Adam steps, learning rate "
             f"{cfg.optimise_lr:g}, {cfg.optimise_batch} contexts per batch). Cost per context on this machine: "
-            f"{cost}, {whole:.0f} s for all ratios ({spent:.0f} s computed in this run, the rest read back from "
-            "`optimised/`)."
+            f"{cost}, {whole:.0f} s for {'all ratios' if all(per.values()) else 'the ratios measured'} ({spent:.0f} s "
+            "computed in this run, the rest read back from `optimised/`)."
             + (
                 " Not optimised within the time budget (`optimise_budget_s`): "
                 + ", ".join(f"{k} context(s) at r = {r:g}" for r, k in short.items())
@@ -427,7 +427,8 @@ class Experiment:
         if not self.left and (self.ckpt or len(seeds) == len(self.cfg.seed_list)):
             return None
         return (
-            f"**Stopped by the time budget** (`budget_s` = {self.cfg.budget_s:g} s): seeds trained {seeds} of "
+            f"**Stopped by the time budget** (`budget_s` = {self.cfg.budget_s:g} s, `optimise_budget_s` = "
+            f"{self.cfg.optimise_budget_s:g} s for the `optimised` rows): seeds trained {seeds} of "
             f"{self.cfg.seed_list}; {len(self.left)} (mode, ratio, seed) evaluations not run: {self.left}. Rerun with "
             "`resume=true` to go on."
         )
