@@ -104,6 +104,14 @@ def test_vectors_are_stored_per_context_and_ratio_and_read_back(steerable, tmp_p
     # a deadline already passed starts no batch and says what is left
     _, left = optimise.optimise_contexts(reader, ids, hashes, [2.0], other, batch=2, deadline=0.0)
     assert sorted(left) == [(i, 2.0) for i in range(3)]
+    # a deadline that passes while a batch runs stops it between steps: nothing half-done is stored
+    import itertools
+
+    clock = itertools.chain([0.0], itertools.repeat(10.0))  # the batch starts before the deadline (5.0), then past
+    monkeypatch.setattr(optimise.time, "monotonic", lambda: next(clock))
+    store3 = optimise.VectorStore(tmp_path / "cut", reader, steps=50, lr=1e-6)  # too small a step to finish
+    got3, left3 = optimise.optimise_contexts(reader, ids[:2], hashes[:2], [2.0], store3, batch=2, deadline=5.0)
+    assert got3 == {} and sorted(left3) == [(0, 2.0), (1, 2.0)] and not list((tmp_path / "cut").glob("*.pt"))
 
 
 def test_optimised_mode_answers_the_questions_of_its_contexts_only(steerable, tmp_path):

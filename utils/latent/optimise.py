@@ -80,8 +80,11 @@ def optimise_batch(
     lr: float,
     amp: str = "off",
     progress: Callable | None = None,
-) -> list[Optimised]:
-    """Optimise the vectors of every context of ``ids`` at ``ratio`` together (module docstring)."""
+    deadline: float | None = None,
+) -> list[Optimised | None]:
+    """Optimise the vectors of every context of ``ids`` at ``ratio`` together (module docstring). Past
+    ``deadline`` (a ``time.monotonic()`` value) the batch stops between steps: a context not finished by then
+    is ``None`` (not stored; a resumed run starts it again), so a time budget bounds the optimisation."""
     t0 = time.perf_counter()
     dev = reader.device
     xs = [mean_pooled(reader, c, ratio).to(dev).requires_grad_(True) for c in ids]
@@ -100,7 +103,7 @@ def optimise_batch(
                 out[i] = Optimised(v, step, float(acc[b]), bool(exact[b]), float(loss[b].detach()), init_acc[i], 0.0)
             else:
                 keep.append(b)
-        if not keep:
+        if not keep or (deadline is not None and time.monotonic() > deadline):
             break
         opt.zero_grad(set_to_none=True)
         loss[keep].sum().backward()  # a sum of per-context means: each context's gradient is its own
@@ -108,7 +111,8 @@ def optimise_batch(
         active = [active[b] for b in keep]
     per = (time.perf_counter() - t0) / max(len(ids), 1)
     for o in out:
-        o.seconds = round(per, 3)
+        if o is not None:
+            o.seconds = round(per, 3)
     return out
 
 
@@ -157,9 +161,9 @@ def optimise_contexts(
 ) -> tuple[dict, list]:
     """Optimised vectors of every context at every ratio, read from ``store`` or computed and stored as each
     batch finishes: the contexts in the order given, ``batch`` at a time, each batch at every ratio before the
-    next batch (so a run stopped by ``deadline``, a ``time.monotonic()`` value after which no batch starts,
-    has whole contexts, not the shortest ones). Returns ``({(context index, ratio): Optimised}, [(context
-    index, ratio) left undone])``."""
+    next batch (so a run stopped by ``deadline``, a ``time.monotonic()`` value after which no batch starts and
+    a running batch stops between steps, has whole contexts, not the shortest ones). Returns ``({(context
+    index, ratio): Optimised}, [(context index, ratio) left undone])``."""
     steps, lr = store.settings["steps"], store.settings["lr"]
     done, left = {}, []
     todo = {r: [] for r in ratios}
@@ -189,8 +193,12 @@ def optimise_contexts(
                 lr,
                 amp,
                 progress=(lambda it, d=desc: progress(it, d, steps + 1)) if progress else None,
+                deadline=deadline,
             )
             for i, o in zip(part, res):
+                if o is None:  # cut by the deadline
+                    left.append((i, r))
+                    continue
                 store.put(hashes[i], r, o)
                 done[(i, r)] = o
     return done, sorted(left)
