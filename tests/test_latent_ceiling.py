@@ -99,6 +99,12 @@ def test_vectors_are_stored_per_context_and_ratio_and_read_back(steerable, tmp_p
     (tmp_path / "optimised" / "ctx1_r2.pt").write_bytes(b"cut by a kill")  # a damaged file is computed again
     optimise.optimise_contexts(reader, ids, hashes, [2.0, 4.0], store, batch=2)
     assert len(calls) == 1 and [c.shape[0] for c in calls[0]] == [12]
+    # a context done at one ratio only is finished first on resume (the seeded order), not after the others
+    for name in ("ctx0_r4.pt", "ctx1_r2.pt", "ctx1_r4.pt"):
+        (tmp_path / "optimised" / name).unlink()
+    calls.clear()
+    optimise.optimise_contexts(reader, ids, hashes, [2.0, 4.0], store, batch=1)
+    assert [c[0].shape[0] for c in calls] == [ids[i].shape[0] for i in (0, 1, 1)]
     other = optimise.VectorStore(tmp_path / "optimised", reader, steps=3, lr=0.2)  # other settings: not reused
     assert other.get("ctx0", 2.0) is None
     # a deadline already passed starts no batch and says what is left

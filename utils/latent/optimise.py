@@ -174,7 +174,7 @@ def optimise_contexts(
                 done[(i, r)] = got
             else:
                 todo[r].append(i)
-    order = list(dict.fromkeys(i for r in ratios for i in todo[r]))
+    order = [i for i in range(len(ctx_ids)) if any(i in todo[r] for r in ratios)]  # the seeded order, always
     for s in range(0, len(order), batch):
         chunk = order[s : s + batch]
         for r in ratios:
