@@ -53,7 +53,7 @@ def child(kind: str, model: str, out: str, precision: str, device: str) -> None:
     from utils.weight_ranks import weight_sweep
     from utils.weights import open_weights
 
-    if kind == "naive":
+    if kind in ("naive", "naive_sample"):
         from transformers import AutoModelForCausalLM  # imported before the clock starts, like ours
     res: dict = {"base_rss": _rss_now()}
     t0 = time.perf_counter()
