@@ -42,7 +42,17 @@ _MLA = dict(
     v_head_dim=12,
     **_MOE,
 )
-_DSV3 = dict(_MLA, q_lora_rank=24, n_group=2, topk_group=1)
+_YARN = dict(  # DeepSeek-V3's YaRN rope scaling (factor 40 there): it changes the attention scale by mscale**2
+    rope_type="yarn",
+    rope_theta=10000.0,
+    factor=4.0,
+    original_max_position_embeddings=16,
+    mscale=1.0,
+    mscale_all_dim=1.0,
+    beta_fast=32.0,
+    beta_slow=1.0,
+)
+_DSV3 = dict(_MLA, q_lora_rank=24, n_group=2, topk_group=1, rope_parameters=_YARN)
 
 #: case id -> (transformers config class, kwargs, options); options: "gguf" (llama.cpp architecture),
 #: "fused" (write transformers' in-memory 3-D expert tensors instead of per-expert ones)
@@ -274,7 +284,7 @@ def gguf_from_checkpoint(folder: Path, case: str, out: Path, qtype: str = "F32")
             v = llamacpp_permute(v, h if ".q_proj." in k else n_kv)
         if arch.startswith("gemma") and k.endswith("norm.weight"):
             v = v + 1.0  # llama.cpp stores Gemma's whole gain 1 + w
-        if arch == "falcon" and "query_key_value" in k:  # llama.cpp reorders to all q, all k, all v
+        if arch in ("falcon", "gptneox") and "query_key_value" in k:  # llama.cpp reorders to all q, k, v
             g = h // n_kv
             t = v.reshape(n_kv, g + 2, r, *v.shape[1:])
             v = np.concatenate(
@@ -338,6 +348,13 @@ def gguf_from_checkpoint(folder: Path, case: str, out: Path, qtype: str = "F32")
         md[f"{a}.attention.value_length"] = int(cfg.v_head_dim)
         md[f"{a}.rope.dimension_count"] = int(cfg.qk_rope_head_dim)
         md[f"{a}.expert_gating_func"] = 2 if cls == "DeepseekV3Config" else 1
+        rp = getattr(cfg, "rope_parameters", None) or {}
+        md[f"{a}.rope.freq_base"] = float(rp.get("rope_theta", 10000.0))
+        if rp.get("rope_type") == "yarn":  # as llama.cpp's DeepseekV2Model writes it
+            md[f"{a}.rope.scaling.type"] = "yarn"
+            md[f"{a}.rope.scaling.factor"] = float(rp["factor"])
+            md[f"{a}.rope.scaling.original_context_length"] = int(rp["original_max_position_embeddings"])
+            md[f"{a}.rope.scaling.yarn_log_multiplier"] = 0.1 * float(rp["mscale_all_dim"])
     md["general.name"] = f"tiny {case}"
     return write_gguf(out, arch, md, tensors, qtype)
 

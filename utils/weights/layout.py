@@ -374,9 +374,9 @@ class Layout:
         return None
 
     def _qkv_layout(self) -> str:
-        # llama.cpp stores Falcon's fused qkv as all q rows, then k, then v (its converter reorders them)
-        lay = self.family.attention.qkv_layout
-        return "concat" if self.gguf and lay == "falcon" else lay
+        # llama.cpp stores every fused attn_qkv as all q rows, then k, then v: its converter reorders Falcon's
+        # grouped and GPT-NeoX's per-head layouts (Phi-3's and GPT-2's are already in that order)
+        return "concat" if self.gguf else self.family.attention.qkv_layout
 
     def _unpermute(self, role: str) -> int:
         if not (self.gguf and self.family.gguf_rotary_permuted):
