@@ -100,6 +100,22 @@ def test_model_with_a_layer_missing_gives_one_clear_message(tiny_llama_dir, tmp_
             run()
 
 
+def test_a_quantised_checkpoint_is_refused_naming_the_fix(tiny_llama_dir, tmp_path):
+    """A folder whose config declares quantised storage (FP8 codes with block scales, GPTQ, ...) is not read as
+    if its stored numbers were the weights."""
+    import json
+
+    from utils.weights.sources import QuantisedCheckpoint
+
+    q = tmp_path / "fp8"
+    shutil.copytree(tiny_llama_dir, q)
+    cfg = json.loads((q / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    (q / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(QuantisedCheckpoint, match=r"quant_method 'fp8'.*bf16/fp16 export"):
+        open_weights(q)
+
+
 @pytest.mark.slow
 def test_notebook_07_finds_the_injected_update(tiny_llama_dir, injected, tmp_path):
     folder, _ = injected

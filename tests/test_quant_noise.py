@@ -85,3 +85,15 @@ def test_mp_median_against_direct_integration(ratio):
 
     ref = optimize.brentq(lambda m: cdf(m) - 0.5, a + 1e-12, b, xtol=1e-13)
     assert mp_median(ratio) == pytest.approx(ref, rel=1e-6)
+
+
+def test_a_deepseek_gguf_with_split_latent_attention_is_refused_by_name(tmp_path):
+    """llama.cpp's newer DeepSeek files split each block's kv_b into attn_k_b / attn_v_b: refused with the fix,
+    not read with wrong head widths."""
+    from utils.weights import open_weights
+    from utils.weights.gguf import GGUFFormatError
+
+    md = {"deepseek2.expert_count": 4, "deepseek2.attention.key_length_mla": 24}
+    path = write_gguf(tmp_path / "ds.gguf", "deepseek2", md, {"blk.0.attn_k_b.weight": _matrix(False, 16, 8)}, "F16")
+    with pytest.raises(GGUFFormatError, match="attn_k_b / attn_v_b.*Hugging Face checkpoint"):
+        open_weights(path)

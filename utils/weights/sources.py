@@ -24,10 +24,14 @@ from pathlib import Path
 import torch
 
 from .families import D_IN_ROLES, D_OUT_ROLES, WEIGHT_TYPE, Family, UnsupportedArchitecture, family_of, gguf_family
-from .gguf import QUANT_NAMES, GGUFFile
+from .gguf import QUANT_NAMES, GGUFFile, GGUFFormatError
 from .layout import VECTOR_KEYS, Layout, Loc, MissingTensor, ModelDims, dims_of, select_rows
 from .shards import INDEX_NAME, Checkpoint
 from .specs import ModelNotFound
+
+
+class QuantisedCheckpoint(ValueError):
+    """A checkpoint folder whose weights are stored quantised (its config has a ``quantization_config``)."""
 
 
 class IncompleteCheckpoint(ValueError):
@@ -101,6 +105,12 @@ def gguf_config(g: GGUFFile) -> tuple[Family, object]:
         return g.get(f"{a}.{k}", default)
 
     fam = gguf_family(a, int(get("expert_count", 0) or 0), str(g.path))
+    if fam.attention.mla and (get("attention.key_length_mla") is not None or "blk.0.attn_k_b.weight" in g.tensors):
+        raise GGUFFormatError(
+            f"{g.path} stores DeepSeek's latent attention split into attn_k_b / attn_v_b (llama.cpp's layout since "
+            "2025), which is not read here: analyse the Hugging Face checkpoint of the model, or a GGUF file with "
+            "the joint attn_kv_b tensor"
+        )
     h = int(get("attention.head_count"))
     V = get("vocab_size")
     if V is None:
@@ -150,10 +160,21 @@ def gguf_config(g: GGUFFile) -> tuple[Family, object]:
             qk_nope_head_dim=int(key_len) - rope,
             v_head_dim=int(get("attention.value_length")),
         )
-        model_type = "deepseek_v3" if int(get("expert_gating_func", 2) or 2) == 2 else "deepseek_v2"
+        # llama.cpp reads a missing gating function as softmax (the DeepSeek-V2 / V2.5 files written before the key)
+        model_type = "deepseek_v3" if int(get("expert_gating_func", 1) or 1) == 2 else "deepseek_v2"
     theta = get("rope.freq_base")
     if theta is not None:
         values["rope_parameters"] = {"rope_type": "default", "rope_theta": float(theta)}
+        if get("rope.scaling.type") == "yarn" and get("rope.scaling.factor"):
+            # as llama.cpp writes YaRN (yarn_log_multiplier = 0.1 * mscale_all_dim); the MLA scale depends on it
+            values["rope_parameters"].update(
+                rope_type="yarn",
+                factor=float(get("rope.scaling.factor")),
+                original_max_position_embeddings=int(get("rope.scaling.original_context_length", 4096)),
+            )
+            if get("rope.scaling.yarn_log_multiplier"):
+                m = float(get("rope.scaling.yarn_log_multiplier")) / 0.1
+                values["rope_parameters"].update(mscale=m, mscale_all_dim=m)
     return fam, hf_config(model_type, {k: v for k, v in values.items() if v is not None})
 
 
@@ -401,6 +422,15 @@ class HFWeights(WeightSource):
             )
             raise ModelNotFound(f"no *.safetensors weights in {self.path}{hint}")
         self.checkpoint = Checkpoint(self.path)  # every shard's header validated here
+        quant = read_config_json(self.path).get("quantization_config")
+        if quant:
+            method = quant.get("quant_method", "?") if isinstance(quant, dict) else "?"
+            raise QuantisedCheckpoint(
+                f"{self.path} stores quantised weights (quantization_config: quant_method {method!r}; e.g. FP8 "
+                "codes with block scales): their spectra are not the model's. Analyse a bf16/fp16 export of the "
+                "same model (for DeepSeek-V3/R1: its fp8_cast_bf16 conversion), or a GGUF file, which is read "
+                "dequantised"
+            )
         self.layout = Layout(self.fam, self.config, self.checkpoint.entries, gguf=False, source=str(self.path))
 
     def tensor_names(self) -> list[str]:
