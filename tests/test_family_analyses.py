@@ -98,3 +98,29 @@ def test_notebook_03_extracts_geometry_from_every_kind_of_attention(case, tmp_pa
 
     geo = json.loads((r3 / "geometry.json").read_text())
     assert geo["kernel"] == "folded" and geo["model"] == model and geo["family"] == open_weights(model).family
+
+
+def test_averaging_experts_is_a_mean_and_a_flag_holds_only_if_it_holds_for_every_expert():
+    import pandas as pd
+
+    from utils.weight_ranks.tables import experts_averaged
+
+    df = pd.DataFrame(
+        {
+            "name": ["model.layers.0.self_attn.q_proj.weight"]
+            + [f"model.layers.0.mlp.experts.{e}.gate_proj.weight" for e in range(3)]
+            + [f"model.layers.0.mlp.experts.gate_up_proj[{e}]" for e in range(2)],
+            "layer_idx": [0] * 6,
+            "weight_type": ["query", "gate", "gate", "gate", "up", "up"],
+            "expert": [-1, 0, 1, 2, 0, 1],
+            "eff_rank": [10.0, 1.0, 2.0, 6.0, 4.0, 8.0],
+            "credible": [True, True, False, True, True, True],
+        }
+    )
+    out = experts_averaged(df).set_index("weight_type")
+    assert (
+        out.loc["gate", "eff_rank"] == 3.0 and out.loc["up", "eff_rank"] == 6.0 and out.loc["query", "eff_rank"] == 10
+    )
+    assert not out.loc["gate", "credible"] and out.loc["up", "credible"] and out.loc["gate", "n_experts"] == 3
+    assert out.loc["gate", "name"] == "model.layers.0.mlp.experts.*.gate_proj.weight"
+    assert out.loc["up", "name"] == "model.layers.0.mlp.experts.gate_up_proj[*]"

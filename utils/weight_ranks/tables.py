@@ -18,14 +18,25 @@ def experts_averaged(df: pd.DataFrame) -> pd.DataFrame:
         return df
     dense = df[df["expert"] < 0]
     ex = df[df["expert"] >= 0]
-    num = [c for c in ex.columns if pd.api.types.is_numeric_dtype(ex[c]) and c not in ("layer_idx", "expert")]
+    num = [
+        c
+        for c in ex.columns
+        if pd.api.types.is_numeric_dtype(ex[c])
+        and not pd.api.types.is_bool_dtype(ex[c])
+        and c not in ("layer_idx", "expert")
+    ]
+    flags = [c for c in ex.columns if pd.api.types.is_bool_dtype(ex[c])]
     keys = ["layer_idx", "weight_type"]
     agg = ex.groupby(keys, sort=False)[num].mean()
+    agg[flags] = ex.groupby(keys, sort=False)[flags].all()  # a flag (credible) holds for the block if for every expert
+    num += flags
     first = ex.groupby(keys, sort=False)[[c for c in ex.columns if c not in num + keys]].first()
     merged = pd.concat([agg, first], axis=1).reset_index()
     merged["n_experts"] = ex.groupby(keys, sort=False).size().to_numpy()
     merged["expert"] = -2  # marks a row that averages experts
-    merged["name"] = merged["name"].str.replace(r"\[\d+\]", "[*]", regex=True)
+    # the name of a fused 3-D tensor's expert slice `[3]` or of a per-expert tensor's `experts.3.` stands for all
+    name = merged["name"].str.replace(r"\[\d+\]", "[*]", regex=True)
+    merged["name"] = name.str.replace(r"experts\.\d+\.", "experts.*.", regex=True)
     out = pd.concat([dense, merged[[c for c in list(df.columns) + ["n_experts"] if c in merged]]], ignore_index=True)
     order = {t: i for i, t in enumerate(PER_LAYER_ORDER)}
     out["_l"] = out["layer_idx"].where(out["layer_idx"] >= 0, 10**9)

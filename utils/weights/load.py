@@ -29,7 +29,7 @@ def load_model(
     matrices as ``open_weights(spec)`` (:func:`utils.weights.random_init.build_random_model`).
     """
     import transformers  # heavy: imported when a model is loaded, not with utils.weights
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()
     kind, where = resolve_model(spec)
@@ -44,9 +44,9 @@ def load_model(
             raise ValueError("device_map is not supported for random: models; pass device instead")
         model, tok = build_random_model(where, dtype=dtype, attn_implementation=attn_implementation)
     elif kind == "gguf":
-        GGUFWeights(where)  # validates the architecture with a clear message
+        src = GGUFWeights(where)  # validates the architecture with a clear message
         folder, fname = str(Path(where).parent), Path(where).name
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, **kw)
+        model = getattr(transformers, src.fam.auto_class).from_pretrained(folder, gguf_file=fname, **kw)
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
     else:
         folder = download_from_hub(where) if kind == "hub" else Path(where)
