@@ -79,12 +79,15 @@ def test_heads_explorer_follows_a_click_on_the_heatmap(runs):
 
 
 @pytest.mark.slow
-def test_a_sweep_folder_opens_as_a_menu_of_its_runs(runs, tmp_path):
+def test_a_sweep_folder_opens_as_a_menu_of_its_complete_runs(runs, tmp_path):
+    import json
     import shutil
 
     sweep = tmp_path / "sweep"
-    for name in ("a=1", "a=2"):
+    for name in ("a=1", "a=2", "a=0.failed"):
         shutil.copytree(runs["01"], sweep / name)
+    rec = json.loads((sweep / "a=0.failed" / "run.json").read_text())
+    (sweep / "a=0.failed" / "run.json").write_text(json.dumps({**rec, "status": "failed"}))  # a kept failed attempt
     ex = explore.open(sweep)
     assert isinstance(ex, explore.SweepExplorer) and len(ex.runs) == 2
     first = ex.current

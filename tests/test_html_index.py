@@ -163,4 +163,4 @@ def test_the_model_column_shows_the_models_a_run_read_and_nothing_for_none(tmp_p
     runs = {r["run"]: r for r in collect_runs(tmp_path)}
     assert runs["from-geometry"]["model"] == "" and runs["ab"]["model"] == "/w/a, /w/b"
     assert json.loads((quiet.final_dir / "run.json").read_text())["models"] == []
-    assert "<code title='/w/a, /w/b'>" in write_index_html(tmp_path).read_text()
+    assert "<code title='/w/a, /w/b'>w/a, w/b</code>" in write_index_html(tmp_path).read_text()  # each labelled

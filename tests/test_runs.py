@@ -39,6 +39,9 @@ def test_run_stages_then_records_params_timings_files(tmp_path):
     assert "<h1>Title</h1>" in html and "<table>" in html
     with pytest.raises(FileNotFoundError):
         run.register("missing.h5")
+    with pytest.raises(RuntimeError, match="already complete"):  # the last cell re-run in Lab
+        run.finish()
+    assert [p.name for p in (tmp_path / "99_demo").iterdir()] == ["r1"] and (final / "report.html").is_file()
 
 
 def test_a_new_run_replaces_the_old_folder_whole(tmp_path):
@@ -50,6 +53,21 @@ def test_a_new_run_replaces_the_old_folder_whole(tmp_path):
     b.finish()
     names = {p.name for p in (tmp_path / "99_demo" / "same").iterdir()}
     assert "second.txt" in names and "only_in_first.txt" not in names
+
+
+def test_a_failed_attempt_keeps_what_an_earlier_failed_attempt_had(tmp_path):
+    """A second failed attempt (say, one that failed before copying the first one's checkpoints to resume)
+    does not lose the first one's files: what it lacks is kept, what it has is its own."""
+    a = Run("99_demo", "same", {}, tmp_path)
+    a.save_text("trained for an hour", "ckpt.txt")
+    a.save_text("first", "log.txt")
+    assert a.stop("failed", {"ename": "E", "evalue": "first"}).name == "same.failed"
+    b = Run("99_demo", "same", {}, tmp_path)
+    b.save_text("second", "log.txt")
+    kept = b.stop("failed", {"ename": "E", "evalue": "second"})
+    assert (kept / "ckpt.txt").read_text() == "trained for an hour" and (kept / "log.txt").read_text() == "second"
+    assert json.loads((kept / "run.json").read_text())["error"]["evalue"] == "second"
+    assert sorted(p.name for p in (tmp_path / "99_demo").iterdir()) == ["same.failed"]
 
 
 def test_atomic_writes_leave_nothing_on_failure(tmp_path):
@@ -73,6 +91,14 @@ def test_jsonl_append_and_torn_last_line(tmp_path):
     read_jsonl(p, repair=True)
     append_jsonl(p, {"step": 3})
     assert [r["step"] for r in read_jsonl(p)] == [0, 1, 2, 3]
+    with open(p, "a") as f:  # killed again, and this time the next append comes without a repair first
+        f.write('{"step": 4, "v"')
+    append_jsonl(p, {"step": 4})
+    assert [r["step"] for r in read_jsonl(p)] == [0, 1, 2, 3, 4]
+    q = tmp_path / "only_torn.jsonl"
+    q.write_text('{"ste')  # a fragment and nothing else
+    append_jsonl(q, {"step": 0})
+    assert read_jsonl(q) == [{"step": 0}]
     p.write_text('{"a": 1}\nnot json\n{"b": 2}\n')
     with pytest.raises(ValueError, match="line 2 is not valid JSON"):
         read_jsonl(p)

@@ -127,10 +127,17 @@ def append_jsonl(path: str | os.PathLike, record: Any) -> None:
     """Append one JSON line to ``path`` and push it to disk (flush + fsync).
 
     A process killed during the write leaves at most a torn last line, which
-    :func:`read_jsonl` drops.
+    :func:`read_jsonl` drops and the next append cuts off first (so a record is
+    never glued onto a fragment).
     """
-    line = json.dumps(to_jsonable(record)) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
+    line = (json.dumps(to_jsonable(record)) + "\n").encode("utf-8")
+    with open(path, "a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
+            if f.read(1) != b"\n":  # a torn last line: cut back to the last complete one
+                f.seek(0)
+                f.truncate(f.read().rfind(b"\n") + 1)
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
@@ -186,8 +193,16 @@ def stage_dir_for(final: Path) -> Path:
     return final.parent / f".{final.name}.staging-{uuid.uuid4().hex[:10]}"
 
 
-def swap_in(stage: Path, final: Path) -> None:
-    """Replace ``final`` by the folder ``stage`` (the old one is removed after the swap)."""
+def swap_in(stage: Path, final: Path, keep_missing: bool = False) -> None:
+    """Replace ``final`` by the folder ``stage`` (the old one is removed after the swap). With
+    ``keep_missing``, what the old folder has and ``stage`` lacks (an earlier failed attempt's checkpoints,
+    when the new attempt failed before copying them) is moved into ``stage`` first, not lost."""
+    if Path(stage).resolve() == Path(final).resolve():
+        raise ValueError(f"cannot swap {stage} into itself")
+    if keep_missing and final.is_dir():
+        for p in final.iterdir():
+            if not p.name.startswith(".") and not (stage / p.name).exists():
+                os.replace(p, stage / p.name)
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:10]}"

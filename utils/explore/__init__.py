@@ -42,7 +42,7 @@ def open(path):  # noqa: A001 - the verb a user expects
         if res.notebook not in VIEWS:
             raise ValueError(f"no explorer for {res.notebook} runs; explorers exist for {', '.join(VIEWS)}")
         return VIEWS[res.notebook](res)
-    runs = sorted(d for d in p.glob("*") if (d / "run.json").is_file() and RunResults(d).notebook in VIEWS)
+    runs = sorted(d for d in p.glob("*") if _finished(d) and RunResults(d).notebook in VIEWS)
     if not runs:
         raise ExplorerDataMissing(
             f"{p} holds no finished run of {', '.join(VIEWS)}: pass output/<notebook>/<run> or a sweep's folder"
@@ -50,11 +50,19 @@ def open(path):  # noqa: A001 - the verb a user expects
     return SweepExplorer(runs)
 
 
+def _finished(d: Path) -> bool:
+    """A complete run's folder (not a kept ``<key>.failed`` / ``.interrupted`` attempt)."""
+    import json
+
+    try:
+        return json.loads((d / "run.json").read_text()).get("status") == "complete"
+    except (OSError, ValueError):
+        return False
+
+
 def here(run):
     """The explorer of ``run`` (a finished :class:`~utils.running.Run`) in JupyterLab; None when headless. Says
     first where the run's results went (its folder and HTML report), so the notebook's last cell does."""
-    from pathlib import Path
-
     final = Path(getattr(run, "final_dir", run))
     print(f"results: {final}/\nreport:  {final / 'report.html'}")
     if headless():

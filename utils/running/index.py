@@ -109,6 +109,7 @@ def collect_runs(root=None) -> list[dict]:
                 "sweep": group or "",
                 "run": d.name,
                 "model": ", ".join(str(m) for m in models),
+                "models": [str(m) for m in models],
                 "key_params": key,
                 "status": rec.get("status", "?"),
                 "started_utc": rec.get("started_utc") or "",
@@ -120,9 +121,9 @@ def collect_runs(root=None) -> list[dict]:
                 "error": (rec.get("error") or {}).get("evalue", "") if isinstance(rec.get("error"), dict) else "",
             }
         )
-    labels = model_labels(r["model"] for r in out)
+    labels = model_labels(m for r in out for m in r["models"])  # each model its label, then a run's joined
     for r in out:
-        r["label"] = labels[r["model"].strip()]
+        r["label"] = ", ".join(labels[m.strip()] for m in r["models"])
     out.sort(key=lambda r: r["started_utc"], reverse=True)  # newest first
     return out
 

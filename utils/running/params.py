@@ -331,26 +331,6 @@ def model_dims(spec: str):
 
 
 # ----------------------------------------------------------------------------- rules inside a notebook
-def check_positive(**values) -> None:
-    """Each value must be > 0."""
-    for k, v in values.items():
-        if not v > 0:
-            raise ParameterError(f"parameter {k} must be > 0, got {v!r}")
-
-
-def check_nonnegative(**values) -> None:
-    """Each value must be >= 0."""
-    for k, v in values.items():
-        if not v >= 0:
-            raise ParameterError(f"parameter {k} must be >= 0, got {v!r}")
-
-
-def check_choice(name: str, value, choices: Iterable) -> None:
-    choices = tuple(choices)
-    if value not in choices:
-        raise ParameterError(f"parameter {name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
-
 def check_index(name: str, value: int, n: int, what: str) -> int:
     """``value`` as an index 0..n-1 (negative counts from the end); ``IndexError`` naming the range."""
     if isinstance(value, bool) or not isinstance(value, int):

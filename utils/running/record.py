@@ -51,7 +51,7 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from .. import progress as _progress  # read at call time (tests stand in a kernel for it)
 from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text, json_text, swap_in, write_jsonl
@@ -59,11 +59,10 @@ from ..provenance import git_state, models_read, models_read_count, package_vers
 from .claim import claim_run
 from .context import RunContext, make_context
 from .index import write_index_html
-from .params import check_choice, check_nonnegative, check_positive, notebook_parameters
+from .params import notebook_parameters
 from .paths import PROJECT_ROOT, check_run_name, find_notebook, run_dir
 from .report import assemble, df_to_md, markdown_to_html, md_table, normalize_code, source_cells
 
-STATUSES = ("running", "complete", "failed", "interrupted")
 LAB_RUN_NAME = "lab"  # the run name of an interactive run (JupyterLab) left at run_name = "default"
 
 
@@ -145,8 +144,8 @@ class Run:
             src = d / name
             if src.exists():
                 dst = self.dir / name
-                if src.is_dir():
-                    shutil.copytree(src, dst, dirs_exist_ok=True)
+                if src.is_dir():  # not the temp files of a write a kill cut short
+                    shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*.tmp"))
                 else:
                     shutil.copy2(src, dst)
                 return dst
@@ -246,7 +245,13 @@ class Run:
     def finish(self) -> None:
         """Write ``report.md`` and ``report.html``, mark the run complete and (when this run owns
         its staging folder) swap it into place (``run.final_dir``). Returns None, so that the last
-        cell of a notebook shows nothing more than the report's path."""
+        cell of a notebook shows nothing more than the report's path. A run is finished once: calling it
+        again (re-running the last cell in Lab) is refused, with the way to a new run."""
+        if self.status != "running":
+            raise RuntimeError(
+                f"run {self.notebook}/{self.run_name} is already {self.status} ({self.final_dir}); "
+                "run the notebook from the top (start_run) for a new run"
+            )
         md = self.report_markdown()
         self.save_text(md, "report.md")
         title = next((ln.lstrip("# ").strip() for ln in md.splitlines() if ln.startswith("# ")), self.notebook)
@@ -279,7 +284,7 @@ class Run:
             if p.name.startswith(".") and p.is_file():
                 p.unlink(missing_ok=True)
         target = self.final_dir.with_name(f"{self.run_name}.{status}")
-        swap_in(self.dir, target)
+        swap_in(self.dir, target, keep_missing=True)  # an earlier failed attempt's files are not lost
         self.dir = target
         self._claim.release()
         _refresh_index(self.root)
@@ -422,21 +427,14 @@ def _display(md: str, png: bytes | None) -> None:
     display(Image(data=png) if png is not None else Markdown(md))
 
 
-def start_run(
-    notebook: str,
-    namespace: dict,
-    positive: Iterable[str] = (),
-    nonnegative: Iterable[str] = (),
-    choices: dict | None = None,
-) -> Run:
+def start_run(notebook: str, namespace: dict) -> Run:
     """The run's checked context, its typed parameters written into ``namespace``, and its run folder opened.
 
     Under the runner the context comes with the kernel's environment and is taken as it is; otherwise
     it is made from ``namespace`` (each declared parameter's value there, its default when absent) by
     :func:`~utils.running.context.make_context`, with every rule of the parameters cell checked before
     anything is created. A ``device`` parameter is resolved for the code (``auto`` becomes ``cpu`` or
-    ``cuda``; the record keeps what was given). ``positive`` / ``nonnegative`` / ``choices`` are the old
-    way of stating rules, still honoured; a notebook declares them beside its parameters instead
+    ``cuda``; the record keeps what was given). A notebook declares its rules beside its parameters
     (:mod:`utils.running.params`).
     """
     if _progress._in_kernel() and Path.cwd() != PROJECT_ROOT:  # one rule for relative paths (module docstring)
@@ -453,12 +451,8 @@ def start_run(
     elif ctx.notebook != Path(notebook).stem:
         raise RuntimeError(f"this kernel was started by the runner for {ctx.notebook}, not {notebook}")
     values = dict(ctx.params)
-    check_positive(**{k: values[k] for k in positive})
-    check_nonnegative(**{k: values[k] for k in nonnegative})
-    for k, allowed in (choices or {}).items():
-        check_choice(k, values[k], allowed)
     if "device" in values:
-        from ..device import resolve_device  # torch: imported here, not by the runner and the sweep driver
+        from ..device import resolve_device  # torch: imported in the kernel only
 
         values["device"] = str(resolve_device(values["device"]))
     namespace.update(values)

@@ -305,7 +305,7 @@ def _finalize(ctx: RunContext, status: str, error: dict | None, started: str, re
     atomic_write_json(rec_path, rec)
     final = ctx.final
     target = final if status == "complete" or replace else final.with_name(f"{ctx.run_name}.{status}")
-    swap_in(stage, target)
+    swap_in(stage, target, keep_missing=target != final)  # an earlier failed attempt's files are not lost
     return target
 
 
@@ -333,7 +333,7 @@ def execute(
     root, the name in use: :class:`~utils.running.paths.RunRefused`) before anything is created,
     :class:`NotebookFailed` when a cell raised, :class:`RunInterrupted` after SIGINT / SIGTERM.
     """
-    ctx = make_context(notebook, params, run_name, output_root, group)
+    ctx = make_context(notebook, params, run_name, output_root, group, here=False)  # the machine: in execute_context
     return execute_context(ctx, replace=replace, timeout=timeout, progress=progress, stop=stop, log_output=log_output)
 
 
@@ -346,9 +346,14 @@ def execute_context(
     remove_stale_kernel_dirs()
     if stop is not None and stop.is_set():
         raise RunInterrupted(f"{ctx.label}: stopped before it started; nothing was written", None)
-    claim = claim_run(ctx.final, Path(ctx.root), f"run {ctx.label}", group=ctx.group)
+    kdir = kernel_dir()
+    try:
+        claim = claim_run(ctx.final, Path(ctx.root), f"run {ctx.label}", group=ctx.group)
+    except BaseException:
+        shutil.rmtree(kdir, ignore_errors=True)
+        raise
     ctx = ctx.with_stage(claim.stage)
-    stage, kdir = claim.stage, kernel_dir()
+    stage = claim.stage
     args = {
         "source": ctx.source,
         "output": str(stage / f"{ctx.notebook}.ipynb"),
@@ -379,10 +384,10 @@ def execute_context(
                 shutil.rmtree(stage, ignore_errors=True)
                 raise
             error = None
-            if sup.signal is not None:
-                status = "interrupted"
-            elif rc == 0:
+            if rc == 0:  # the notebook ran to its end (a signal arriving after that changes only the exit code)
                 status = "complete"
+            elif sup.signal is not None:
+                status = "interrupted"
             else:
                 status = "failed"
                 try:
