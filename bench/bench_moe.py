@@ -15,7 +15,8 @@ Per fixture, each path in its own child process (peak RSS = the child's ``ru_max
   the SVD loop is timed on one matrix of each shape and extrapolated by the number of matrices of that
   shape (the whole loop would take about an hour on 2 cores); its peak RSS is the load's, a lower bound.
 
-    python bench/bench_moe.py
+    python bench/bench_moe.py                    # both fixtures
+    python bench/bench_moe.py deepseek-v3-2l     # one of them
 """
 
 from __future__ import annotations
@@ -58,10 +59,15 @@ def bench(name: str) -> None:
     )
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     from utils.weights.fixtures import fixture_dir, fixture_ready
 
-    missing = [n for n in FIXTURES if not fixture_ready(fixture_dir(n))]
+    names = argv or list(FIXTURES)
+    unknown = [n for n in names if n not in FIXTURES]
+    if unknown:
+        print(f"bench_moe: unknown fixture {', '.join(unknown)}; choose from {', '.join(FIXTURES)}")
+        return 2
+    missing = [n for n in names if not fixture_ready(fixture_dir(n))]
     if missing:
         print(
             f"bench_moe: skipped: fixture(s) {', '.join(missing)} absent under {fixture_dir(missing[0]).parent}. "
@@ -71,10 +77,10 @@ def main() -> int:
     import torch
 
     print(f"bench_moe: CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
-    for name in FIXTURES:
+    for name in names:
         bench(name)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

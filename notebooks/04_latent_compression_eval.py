@@ -23,7 +23,8 @@
 # random-M in order, an oracle window of M tokens around the gold answer (the ceiling of hard
 # selection), a trained token classifier's top-M in order (LLMLingua-2 style), the compressor's own
 # selection fed back as token ids, a trained pool-and-project control, `latent`, and `optimised`: M vectors
-# optimised for one context alone, the ceiling of what this reader can read from M vectors. A separate
+# optimised for one context alone to regenerate it, the question-agnostic ceiling of what this reader can
+# reconstruct from M vectors. A separate
 # question-aware track has BM25 sentence selection and a question-overlap window, cut to M tokens.
 # The full context (`anchor`) is the reference: teacher-normalised F1 = (F1 - no context) / (anchor -
 # no context). Metric: the official SQuAD v1.1 EM / F1; every question of each evaluation context is
@@ -63,7 +64,7 @@ kd_topk: int = 32  # teacher logits cached per answer position {1..}
 K: int = 4  # answer tokens distilled {1..}
 w_salience: float = 0.5  # weight of the token-label loss during reader steps
 recall_per_context: int = 6  # recall pseudo-questions per training context {0..}
-n_boot: int = 2000  # bootstrap resamples (whole contexts) {0..}
+n_boot: int = 2000  # bootstrap resamples (whole contexts) {1..}
 device: str = "cpu"  # cpu, cuda, cuda:N or auto
 amp: str = "auto"  # bfloat16 autocast of training and optimisation: auto (on a GPU), bf16 (forced, also on the CPU), off {auto, bf16, off}
 optimise_contexts: int = 2  # evaluation contexts (a seeded sample) whose M vectors are optimised per ratio (the ceiling; 0 skips it) {0..}
@@ -129,8 +130,11 @@ if trained.log:
 # used; Kuratov et al. 2025). A context stops as soon as the reader's argmax reproduces every token (then
 # greedy decoding regenerates it exactly), else after `optimise_steps`. The reader then answers the
 # questions from these vectors: mode `optimised`. The default run optimises a seeded sample of
-# `optimise_contexts` contexts within `optimise_budget_s`; the README has the full-size command and cost. Nothing trained on other contexts can do better than
-# such vectors, so `optimised - latent` is the amortisation gap of the encoder.
+# `optimise_contexts` contexts within `optimise_budget_s` (contexts with stored vectors first); the README
+# has the full-size command and cost. No encoder reconstructs a context better than such vectors, so
+# `optimised - latent` is the amortisation gap of the encoder; it bounds what is read back, not what is
+# answered: an encoder trained with QA losses can answer better than vectors made only to regenerate
+# (then the gap is negative), which is read beside the share regenerated exactly.
 
 # %%
 exp.evaluate()

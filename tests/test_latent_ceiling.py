@@ -120,6 +120,27 @@ def test_vectors_are_stored_per_context_and_ratio_and_read_back(steerable, tmp_p
     assert got3 == {} and sorted(left3) == [(0, 2.0), (1, 2.0)] and not list((tmp_path / "cut").glob("*.pt"))
 
 
+def test_contexts_with_stored_vectors_are_chosen_first(steerable, tmp_path):
+    import random
+
+    reader, _, _ = steerable
+    store = optimise.VectorStore(tmp_path / "optimised", reader, steps=3, lr=0.1)
+    hashes = [f"ctx{i}" for i in range(12)]
+    seeded = list(range(12))
+    random.Random(7).shuffle(seeded)
+    assert optimise.choose_contexts(hashes, 4, 7, store, [2.0, 4.0]) == seeded[:4]  # nothing stored: seeded order
+    assert (
+        optimise.choose_contexts(hashes, 20, 7, store, [2.0]) == seeded
+        and optimise.choose_contexts(hashes, 0, 7, store, [2.0]) == []
+    )
+    late = seeded[-2:]  # the two last of the seeded order have vectors (at one ratio each) from an earlier run
+    (tmp_path / "optimised").mkdir()
+    store.file(hashes[late[0]], 4.0).write_bytes(b"x")
+    store.file(hashes[late[1]], 2.0).write_bytes(b"x")
+    assert optimise.choose_contexts(hashes, 3, 7, store, [2.0, 4.0]) == [late[0], late[1], seeded[0]]
+    assert optimise.choose_contexts(hashes, 3, 7, store, [2.0]) == [late[1], seeded[0], seeded[1]]  # other ratio
+
+
 def test_optimised_mode_answers_the_questions_of_its_contexts_only(steerable, tmp_path):
     reader, _, ex = steerable
     ed = prepare_eval(reader, ex)
@@ -140,3 +161,42 @@ def test_optimised_mode_answers_the_questions_of_its_contexts_only(steerable, tm
     vec[(1, 4.0)] = vec[(0, 4.0)]
     evaluate_all(reader, ed, store, [4.0], {}, 3, modes=("optimised",), optimised=vec)
     assert len(store.get("optimised", 4.0, None)["qids"]) == len(ed.qids)
+
+
+def test_a_result_made_under_other_settings_is_evaluated_again(steerable, tmp_path):
+    """A stored row is reused only under the settings it was made with (reader, prompt, max_new_tokens, the
+    compressor's weights, the optimised vectors' settings): a resumed run with another setting re-evaluates
+    it, the report and the prediction files leave the stale row out."""
+    reader, _, ex = steerable
+    ed = prepare_eval(reader, ex)
+    path = tmp_path / "results.jsonl"
+    base = {**reader.settings(), "max_new_tokens": 3}
+    store = ResultStore(path, ed.qids, base)
+    evaluate_all(reader, ed, store, [4.0], {}, 3, modes=("lead",))
+    assert store.has("lead", 4.0, None, ed.qids) and store.get("lead", 4.0, None)["settings"] == base
+    again = ResultStore(path, ed.qids, base)  # the same settings: read back, nothing evaluated
+    n_lines = len(path.read_text().splitlines())
+    evaluate_all(reader, ed, again, [4.0], {}, 3, modes=("lead",))
+    assert len(path.read_text().splitlines()) == n_lines
+    other = ResultStore(path, ed.qids, {**base, "max_new_tokens": 2})  # another setting: stale, not reported
+    assert not other.has("lead", 4.0, None, ed.qids) and other.current() == []
+    evaluate_all(reader, ed, other, [4.0], {}, 2, modes=("lead",))
+    assert (
+        len(path.read_text().splitlines()) == n_lines + 1
+        and other.get("lead", 4.0, None)["settings"]["max_new_tokens"] == 2
+    )
+    # a seeded mode's row depends on the compressor's weights, an optimised row on its vectors' settings
+    from utils.latent.modes import module_fingerprint
+
+    m = torch.nn.Linear(2, 2)
+    fp = module_fingerprint({"latent": m})
+    with torch.no_grad():
+        m.weight[0, 0] += 1
+    assert module_fingerprint({"latent": m}) != fp
+    other.seed_settings[0] = fp
+    other.mode_settings["optimised"] = optimise_fp = {"steps": 3}
+    assert other.settings_for("latent", 0)["compressor"] == fp and "compressor" not in other.settings_for("lead", None)
+    assert other.settings_for("optimised", None)["optimised"] == optimise_fp
+    # a row of an older run without question ids is taken to cover the questions only if it has as many scores
+    path.write_text('{"mode": "lead", "ratio": 4.0, "seed": null, "f1_per": [1.0], "em_per": [1.0]}\n')
+    assert ResultStore(path, ed.qids).rows == {}

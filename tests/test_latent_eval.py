@@ -10,7 +10,7 @@ import torch
 from conftest import run_notebook_smoke
 
 from utils.latent import select, split
-from utils.latent.metric import bootstrap_ci, context_bootstrap_ci, paired_context_bootstrap
+from utils.latent.metric import context_bootstrap_ci, paired_context_bootstrap
 from utils.latent.squad import SquadFormatError, load_squad_json, make_synthetic_squad, parse_squad
 
 
@@ -154,17 +154,22 @@ def test_budget_warning_when_m_is_not_below_the_context():
     assert "2 context(s) at r=4" in w and "2 context(s) at r=10" in w
 
 
+def _question_bootstrap(v, n_boot, seed):
+    """The plain percentile bootstrap over questions, written here as the reference."""
+    idx = np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))
+    means = v[idx].mean(axis=1) * 100
+    return (v.mean() * 100, *np.quantile(means, [0.025, 0.975]))
+
+
 def test_context_bootstrap():
     rng = np.random.default_rng(0)
     v = rng.random(300)
     # one question per context: the same resampling as the question bootstrap
-    assert context_bootstrap_ci(v, np.arange(300), n_boot=500, seed=4) == pytest.approx(
-        bootstrap_ci(v, n_boot=500, seed=4)
-    )
+    assert context_bootstrap_ci(v, np.arange(300), n_boot=500, seed=4) == pytest.approx(_question_bootstrap(v, 500, 4))
     # five identical questions per context: 60 independent units, the interval is ~sqrt(5) wider
     rep = np.repeat(v[:60], 5)
     w_ctx = np.diff(context_bootstrap_ci(rep, np.repeat(np.arange(60), 5), n_boot=4000, seed=1)[1:])[0]
-    w_q = np.diff(bootstrap_ci(rep, n_boot=4000, seed=1)[1:])[0]
+    w_q = np.diff(_question_bootstrap(rep, 4000, 1)[1:])[0]
     assert w_ctx / w_q == pytest.approx(np.sqrt(5), rel=0.15)
     d = paired_context_bootstrap(rep + 0.1, rep, np.repeat(np.arange(60), 5), n_boot=200)
     assert d["diff"] == pytest.approx(10.0) and d["lo"] == pytest.approx(10.0) and d["p_le_0"] == 0.0

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from utils.latent.metric import (
-    bootstrap_ci,
+    context_bootstrap_ci,
     exact_match_score,
     f1_score,
     max_over_golds,
     normalize_answer,
-    paired_bootstrap_ci,
+    paired_context_bootstrap,
     score_predictions,
 )
 
@@ -55,7 +55,8 @@ def test_bootstrap_intervals_match_the_normal_approximation():
     than treating the two samples as independent."""
     rng = np.random.default_rng(0)
     a = rng.integers(0, 2, 400).astype(float)
-    m, lo, hi = bootstrap_ci(a, n_boot=4000, seed=1)
+    one = np.arange(a.size)  # one question per context: the plain question bootstrap
+    m, lo, hi = context_bootstrap_ci(a, one, n_boot=4000, seed=1)
     p = a.mean()
     half = 100 * 1.96 * np.sqrt(p * (1 - p) / a.size)
     assert m == pytest.approx(100 * p)
@@ -64,11 +65,11 @@ def test_bootstrap_intervals_match_the_normal_approximation():
     b = a.copy()
     flip = rng.choice(a.size, 40, replace=False)
     b[flip] = 1 - b[flip]
-    r = paired_bootstrap_ci(a, b, n_boot=4000, seed=2)
+    r = paired_context_bootstrap(a, b, one, n_boot=4000, seed=2)
     d = a - b
     assert r["diff"] == pytest.approx(100 * d.mean())
     paired_half = 100 * 1.96 * d.std() / np.sqrt(d.size)
     assert (r["hi"] - r["lo"]) / 2 == pytest.approx(paired_half, rel=0.12)
     assert (r["hi"] - r["lo"]) / 2 < 0.5 * half * np.sqrt(2)  # pairing matters
-    same = paired_bootstrap_ci(a, a, n_boot=200)
+    same = paired_context_bootstrap(a, a, one, n_boot=200)
     assert same["diff"] == same["lo"] == same["hi"] == 0.0

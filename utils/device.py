@@ -79,12 +79,16 @@ def resolve_device(spec: str | torch.device | None = "auto", name: str = "device
     return torch.device(s)
 
 
+def amp_enabled(device: str | torch.device, mode: str = "auto") -> bool:
+    """Whether :func:`autocast` turns bfloat16 on for ``device`` under ``mode`` (what a cached result records)."""
+    return mode == "bf16" or (mode == "auto" and torch.device(device).type == "cuda")
+
+
 def autocast(device: str | torch.device, mode: str = "auto"):
     """A bfloat16 autocast context for code running on ``device``: ``mode="auto"`` turns it on on a GPU only,
     ``"bf16"`` on any device (on the CPU it runs the very code path a GPU takes), ``"off"`` never."""
     dev = torch.device(device)
-    on = mode == "bf16" or (mode == "auto" and dev.type == "cuda")
-    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=on)
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp_enabled(dev, mode))
 
 
 def local_device(spec: str | torch.device, local_rank: int) -> torch.device:

@@ -58,9 +58,8 @@ class ExperimentConfig:
     resume: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    POSITIVE = ("max_new_tokens", "kd_topk", "min_eval_questions", "optimise_batch", "optimise_lr")
+    POSITIVE = ("max_new_tokens", "kd_topk", "min_eval_questions", "optimise_batch", "optimise_lr", "n_boot")
     NONNEGATIVE = (
-        "n_boot",
         "max_eval_contexts",
         "max_train_contexts",
         "recall_per_context",

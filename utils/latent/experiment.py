@@ -16,7 +16,6 @@ SQuAD prediction files and the evaluated questions as a SQuAD file), ``train_log
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from .amortise import pick_contexts, train_arms, with_targets
 from .compressor import TrainConfig, load_bundle, read_meta
 from .config import ExperimentConfig
 from .modes import MODES, ResultStore, evaluate_all, prepare_eval, write_prediction_files
-from .optimise import VectorStore, optimise_contexts
+from .optimise import VectorStore, choose_contexts, optimise_contexts
 from .reader import Reader
 from .select import budget
 from .split import (
@@ -158,10 +157,15 @@ class Experiment:
                 self.ed.ctx_ids, self.train_cfg, progress=lambda it: self.progress(it, "eval hidden states")
             )
             self.ctx_of = dict(zip(self.ed.qids, self.ed.q_ctx))
-            self.store = ResultStore(self.run.path("results.jsonl"), self.ed.qids)
+            self.store = ResultStore(self.run.path("results.jsonl"), self.ed.qids, self.result_settings())
         text = data_sentence(self.ed, self.split.stats, self.disjoint, self.source)
         warn = budget_warning([c.shape[0] for c in self.ed.ctx_ids], cfg.ratio_list)
         return text + (f"\n\n{warn}" if warn else "")
+
+    def result_settings(self, **extra) -> dict:
+        """What a stored result depends on besides its mode, ratio, seed and questions (a row made under other
+        settings is evaluated again, not reused)."""
+        return {**self.reader.settings(), "max_new_tokens": self.cfg.max_new_tokens, **extra}
 
     # -- phase 2 ------------------------------------------------------------------------------------
     def train(self) -> Trained:
@@ -243,14 +247,15 @@ class Experiment:
         n = min(cfg.optimise_contexts, len(self.ed.ctx_ids))
         if n == 0:
             return "Per-context optimisation skipped (`optimise_contexts = 0`)."
-        order = list(range(len(self.ed.ctx_ids)))
-        random.Random(cfg.split_seed).shuffle(order)  # a seeded order: a larger count keeps the smaller's contexts
-        self.optimise_idx = order[:n]
+        store = VectorStore(
+            self.run.path("optimised"), self.reader, cfg.optimise_steps, cfg.optimise_lr, self.train_cfg.amp
+        )
+        self.optimise_idx = choose_contexts(self.ed.hashes, n, cfg.split_seed, store, cfg.ratio_list)
+        self.store.mode_settings["optimised"] = store.settings
         deadline = self.deadline
         if cfg.optimise_budget_s > 0:
             deadline = min(deadline or float("inf"), time.monotonic() + cfg.optimise_budget_s)
         with self.run.timer("optimise"):
-            store = VectorStore(self.run.path("optimised"), self.reader, cfg.optimise_steps, cfg.optimise_lr)
             t0 = time.perf_counter()
             got, left = optimise_contexts(
                 self.reader,
@@ -266,13 +271,16 @@ class Experiment:
             spent = time.perf_counter() - t0
             got = {(self.optimise_idx[k], r): o for (k, r), o in got.items()}  # evaluation context indices
             self.optimised = got
-            complete = [r for r in cfg.ratio_list if any(rr == r for _, rr in got)]
-            self.left += [("optimised", r, None) for r in cfg.ratio_list if r not in complete]
+            # a ratio with no context optimised has no row; one with some is evaluated on those, and the contexts
+            # cut by the budget are left undone (said in metrics.json and the stop line)
+            some = [r for r in cfg.ratio_list if any(rr == r for _, rr in got)]
+            cut = sorted({r for _, r in left})
+            self.left += [("optimised", r, None) for r in cfg.ratio_list if r not in some or r in cut]
             self.left += evaluate_all(
                 self.reader,
                 self.ed,
                 self.store,
-                complete,
+                some,
                 {},
                 cfg.max_new_tokens,
                 self.progress,
@@ -316,12 +324,25 @@ class Experiment:
             }
         if not self.split.train or not self.split.dev:
             return {"sentence": "Amortisation run not possible: this run has no training side and dev article."}
+        if not self.modules:
+            return {"sentence": "Amortisation run not possible: no compressor was trained (time budget)."}
+        stopped = {"sentence": "Amortisation run stopped by the time budget; rerun with resume=true."}
+        if self.out_of_time():
+            return stopped
         r, seed = cfg.main_ratio, sorted(self.modules)[0]
         self.dev_ed = prepare_eval(reader, self.split.dev, self.train_cfg.anchored)
         self.dev_ed.hidden = reader.hidden(self.dev_ed.ctx_ids, self.train_cfg)
-        self.dev_store = ResultStore(run.path("amortise_results.jsonl"), self.dev_ed.qids)
+        vstore = VectorStore(run.path("optimised"), reader, cfg.optimise_steps, cfg.optimise_lr, self.train_cfg.amp)
+        arms_settings = {
+            "amortise_steps": cfg.amortise_steps,
+            "amortise_weight": cfg.amortise_weight,
+            "amortise_contexts": cfg.amortise_contexts,
+            "vectors": vstore.settings,
+        }
+        self.dev_store = ResultStore(
+            run.path("amortise_results.jsonl"), self.dev_ed.qids, self.result_settings(**arms_settings)
+        )
         self.dev_ctx_of = dict(zip(self.dev_ed.qids, self.dev_ed.q_ctx))
-        vstore = VectorStore(run.path("optimised"), reader, cfg.optimise_steps, cfg.optimise_lr)
         with run.timer("amortise"):
             keep = set(pick_contexts(self.split.train, cfg.amortise_contexts, cfg.split_seed))
             train = [e for e in self.split.train if e.context in keep]
@@ -335,10 +356,8 @@ class Experiment:
 
             got, left = opt(ts.ctx_ids, hashes)
             dev_opt, left_dev = opt(self.dev_ed.ctx_ids[:n_dev], self.dev_ed.hashes[:n_dev])
-            if left or left_dev:
-                return {
-                    "sentence": "Amortisation run stopped by the time budget while optimising; rerun with resume=true."
-                }
+            if left or left_dev or self.out_of_time():
+                return stopped
             ts = with_targets(ts, {i: got[(i, r)].vectors for i in range(len(ts.ctx_ids))}, reader.target_rms)
             log_path = run.path("amortise_log.jsonl")
             t = replace(self.train_cfg, seed=seed)
@@ -354,7 +373,7 @@ class Experiment:
                 progress=self.progress,
             )
             variants = {"start": self.modules[seed], **{a: {"latent": m} for a, m in arms.items()}}
-            evaluate_all(
+            left = evaluate_all(
                 reader,
                 self.dev_ed,
                 self.dev_store,
@@ -363,8 +382,9 @@ class Experiment:
                 cfg.max_new_tokens,
                 self.progress,
                 modes=("no_context", "anchor", "lead", "latent"),
+                deadline=self.deadline,
             )
-            evaluate_all(
+            left += evaluate_all(
                 reader,
                 self.dev_ed,
                 self.dev_store,
@@ -373,8 +393,11 @@ class Experiment:
                 cfg.max_new_tokens,
                 self.progress,
                 modes=("optimised",),
+                deadline=self.deadline,
                 optimised=dev_opt,
             )
+            if left:
+                return stopped
         for name in ("amortise_results.jsonl", "amortise_log.jsonl"):
             run.register(name)
         out = amortise_rows(self.dev_store, self.dev_ctx_of, r, cfg.n_boot)

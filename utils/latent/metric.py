@@ -69,44 +69,6 @@ def score_predictions(predictions: Sequence[str], golds: Sequence[Sequence[str]]
     return {"em": 100.0 * em.sum() / n, "f1": 100.0 * f1.sum() / n, "em_per": em, "f1_per": f1}
 
 
-def bootstrap_ci(
-    values: Sequence[float], n_boot: int = 2000, alpha: float = 0.05, seed: int = 0, scale: float = 100.0
-) -> tuple[float, float, float]:
-    """Mean and percentile bootstrap (1 - alpha) interval of ``scale * mean(values)``."""
-    v = np.asarray(values, float)
-    if v.size == 0:
-        return (float("nan"),) * 3
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.size, size=(n_boot, v.size))
-    means = v[idx].mean(axis=1) * scale
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(v.mean() * scale), float(lo), float(hi)
-
-
-def paired_bootstrap_ci(
-    a: Sequence[float], b: Sequence[float], n_boot: int = 2000, alpha: float = 0.05, seed: int = 0, scale: float = 100.0
-) -> dict:
-    """Paired bootstrap of ``scale * (mean(a) - mean(b))`` over the same questions.
-
-    ``a`` and ``b`` are per-question scores of two systems on the same questions (same order).
-    Questions are resampled with replacement and the same resample is used for both systems.
-    Returns ``{"diff", "lo", "hi", "p_le_0"}`` where ``p_le_0`` is the fraction of resamples whose
-    difference is <= 0 (a one-sided bootstrap p-value for "a is better than b").
-    """
-    a = np.asarray(a, float)
-    b = np.asarray(b, float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired bootstrap needs equal shapes, got {a.shape} and {b.shape}")
-    if a.size == 0:
-        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "p_le_0": float("nan")}
-    d = a - b
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(n_boot, d.size))
-    means = d[idx].mean(axis=1) * scale
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return {"diff": float(d.mean() * scale), "lo": float(lo), "hi": float(hi), "p_le_0": float((means <= 0).mean())}
-
-
 def _context_resampled_means(values: np.ndarray, clusters, n_boot: int, seed: int, scale: float) -> np.ndarray:
     """``scale * mean(values)`` over ``n_boot`` resamples of whole clusters (each with all its values)."""
     _, inv = np.unique(np.asarray(clusters), return_inverse=True)
@@ -146,7 +108,8 @@ def paired_context_bootstrap(
     scale: float = 100.0,
 ) -> dict:
     """Paired difference ``scale * (mean(a) - mean(b))`` with a context-resampling interval;
-    ``{"diff", "lo", "hi", "p_le_0"}`` as :func:`paired_bootstrap_ci`."""
+    ``{"diff", "lo", "hi", "p_le_0"}``, ``p_le_0`` the share of resamples whose difference is <= 0 (a
+    one-sided bootstrap p-value for "a is better than b")."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape:
         raise ValueError(f"paired bootstrap needs equal shapes, got {a.shape} and {b.shape}")

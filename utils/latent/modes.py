@@ -29,6 +29,7 @@ official ``evaluate-v1.1.py`` re-scores any row.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,31 +180,71 @@ def slots_for(mode: str, ratio: float, ed: EvalData, reader, modules: dict | Non
 
 class ResultStore:
     """Per (mode, ratio, seed): question ids, predictions and per-question EM / F1, appended to a JSONL file
-    as each finishes, so a resumed run skips what is done. ``qids``: the evaluation questions in order (what
-    a row of an older run, written before rows carried their ids, covers)."""
+    as each finishes, so a resumed run skips what is done. Every row records the settings it was made under
+    (``settings``: the reader, its prompt prefix and dtype, ``max_new_tokens``; per seed, a fingerprint of the
+    compressor's weights, ``seed_settings``; per mode, e.g. the optimised vectors' settings, ``mode_settings``):
+    a row made under other settings is not done (it is evaluated again and replaced). ``qids``: the evaluation
+    questions in order; a row of an older run written before rows carried their ids is taken to cover them
+    only when it has as many scores."""
 
-    def __init__(self, path: str | Path, qids: Sequence[str] = ()):
+    def __init__(self, path: str | Path, qids: Sequence[str] = (), settings: dict | None = None):
         self.path = Path(path)
+        self.settings = dict(settings or {})
+        self.seed_settings: dict = {}
+        self.mode_settings: dict = {}
         self.rows = {}
         for r in read_jsonl(self.path, repair=True) if self.path.is_file() else []:
-            r.setdefault("qids", list(qids))
+            if "qids" not in r:
+                if len(r.get("f1_per", ())) != len(qids):
+                    continue  # whose questions these scores are is unknown: evaluated again
+                r["qids"] = list(qids)
             self.rows[self.key(r["mode"], r["ratio"], r["seed"])] = r
 
     @staticmethod
     def key(mode, ratio, seed):
         return (mode, float(ratio) if ratio is not None else None, seed)
 
+    def settings_for(self, mode, seed) -> dict:
+        """The settings a row of ``mode`` (and ``seed``) is made under."""
+        out = dict(self.settings)
+        if seed is not None and seed in self.seed_settings:
+            out["compressor"] = self.seed_settings[seed]
+        if mode in self.mode_settings:
+            out[mode] = self.mode_settings[mode]
+        return out
+
     def has(self, mode, ratio, seed, qids: Sequence[str] | None = None) -> bool:
-        """Whether the job is stored (and, given ``qids``, covers exactly those questions)."""
+        """Whether the job is stored under the current settings (and, given ``qids``, covers exactly those
+        questions)."""
         row = self.rows.get(self.key(mode, ratio, seed))
-        return row is not None and (qids is None or row["qids"] == list(qids))
+        return (
+            row is not None
+            and row.get("settings", {}) == self.settings_for(mode, seed)
+            and (qids is None or row["qids"] == list(qids))
+        )
 
     def get(self, mode, ratio, seed) -> dict:
         return self.rows[self.key(mode, ratio, seed)]
 
+    def current(self) -> list[dict]:
+        """The stored rows made under the current settings."""
+        return [r for r in self.rows.values() if r.get("settings", {}) == self.settings_for(r["mode"], r["seed"])]
+
     def add(self, row: dict) -> None:
+        row = {**row, "settings": self.settings_for(row["mode"], row["seed"])}
         self.rows[self.key(row["mode"], row["ratio"], row["seed"])] = row
         append_jsonl(self.path, row)
+
+
+def module_fingerprint(module_or_modules) -> str:
+    """A hash of the weights of a compressor (a module or a dict of modules): which one a result was made by."""
+    h = hashlib.sha1()
+    mods = module_or_modules if isinstance(module_or_modules, dict) else {"": module_or_modules}
+    for name in sorted(mods):
+        for k, v in sorted(mods[name].state_dict().items()):
+            h.update(f"{name}.{k}".encode())
+            h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def job_order(ratios: Sequence[float], seeds: Sequence[int], modes=MODES) -> list[tuple]:
@@ -237,6 +278,8 @@ def evaluate_all(
     """Every job of :func:`job_order` into ``store``, skipping what it holds; no job starts after
     ``deadline`` (a ``time.monotonic()`` value). Returns the jobs left undone."""
     left = []
+    for seed, modules in seeds_modules.items():
+        store.seed_settings[seed] = module_fingerprint(modules)
     for mode, r, seed in job_order(ratios, sorted(seeds_modules), modes):
         if mode == "optimised":
             slots, rows = slots_for(mode, r, ed, reader, optimised=optimised)
@@ -288,7 +331,7 @@ def write_prediction_files(store: ResultStore, examples: Sequence[QAExample], fo
     folder.mkdir(parents=True, exist_ok=True)
     every = [e.id for e in examples]
     out = [atomic_write_json(folder / "eval_squad.json", squad_layout(examples))]
-    for row in store.rows.values():
+    for row in store.current():
         name = prediction_file_name(row["mode"], row["ratio"], row["seed"])
         out.append(atomic_write_json(folder / f"{name}.json", dict(zip(row["qids"], row["predictions"]))))
         if row["qids"] != every:

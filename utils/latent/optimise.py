@@ -17,7 +17,7 @@ and the settings, so an interrupted run resumes and a finished one reads its vec
 
 from __future__ import annotations
 
-import hashlib
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..device import autocast
+from ..device import amp_enabled, autocast
 from ..files import atomic_path
 from .cache import teacher_forced_logits
 from .prompts import embed_ids
@@ -119,13 +119,13 @@ def optimise_batch(
 # ----------------------------------------------------------------------------- the per-context store
 class VectorStore:
     """One file per (context, ratio) under ``folder``: ``<context hash>_r<ratio>.pt`` holding the vectors, their
-    statistics and what they depend on (reader, scaffold prefix, steps, learning rate). A file made under other
-    settings is not used (it is recomputed and replaced)."""
+    statistics and what they depend on (reader and its dtype, scaffold prefix, steps, learning rate, bfloat16
+    autocast or not). A file made under other settings is not used (it is recomputed and replaced)."""
 
-    def __init__(self, folder: str | Path, reader, steps: int, lr: float):
+    def __init__(self, folder: str | Path, reader, steps: int, lr: float, amp: str = "off"):
         self.folder = Path(folder)
-        prefix = hashlib.sha1(reader.scaffold.pre_ids.numpy().tobytes()).hexdigest()[:12]
-        self.settings = {**reader.identity(), "prefix": prefix, "steps": int(steps), "lr": float(lr)}
+        bf16 = amp_enabled(reader.device, amp)
+        self.settings = {**reader.settings(), "steps": int(steps), "lr": float(lr), "bf16": bf16}
 
     def file(self, ctx_hash: str, ratio: float) -> Path:
         return self.folder / f"{ctx_hash}_r{ratio:g}.pt"
@@ -146,6 +146,16 @@ class VectorStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.file(ctx_hash, ratio)) as tmp:
             torch.save({"vectors": o.vectors, "stats": o.stats(), "settings": self.settings}, tmp)
+
+
+def choose_contexts(hashes: Sequence[str], n: int, seed: int, store: VectorStore, ratios: Sequence[float]) -> list[int]:
+    """The ``n`` contexts to optimise: those with vectors already in ``store`` (at any of ``ratios``) first, then
+    the others, each group in a seeded order. Stored work is used before new work is started, so a run grown on
+    resume (more evaluation contexts, another ``optimise_contexts``) keeps the contexts it has paid for."""
+    order = list(range(len(hashes)))
+    random.Random(seed).shuffle(order)  # a seeded order: a larger count keeps the smaller's contexts
+    stored = {i for i in order if any(store.file(hashes[i], r).is_file() for r in ratios)}
+    return ([i for i in order if i in stored] + [i for i in order if i not in stored])[: max(n, 0)]
 
 
 def optimise_contexts(

@@ -9,6 +9,7 @@ anything indexes a layer or an embedding it does not have.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -79,6 +80,13 @@ class Reader:
     def identity(self) -> dict:
         """What a checkpoint records about the reader it was trained for."""
         return {"model": self.spec, "d_model": self.d_model, "n_layers": self.n_layers, "vocab": self.vocab}
+
+    def settings(self) -> dict:
+        """What a stored result of this reader depends on: its identity, the scaffold's prompt prefix (system
+        prompt; a hash of its ids) and the weights' dtype."""
+        prefix = hashlib.sha1(self.scaffold.pre_ids.numpy().tobytes()).hexdigest()[:12]
+        dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        return {**self.identity(), "prefix": prefix, "dtype": dtype}
 
     def check_checkpoint(self, meta: dict, path) -> None:
         """Refuse a compressor checkpoint (its ``config.json`` as ``meta``) trained for another reader: another
