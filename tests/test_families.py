@@ -385,3 +385,21 @@ def test_readme_family_table_is_generated_from_the_recorded_results():
     for case, r in results["cases"].items():
         want = ["logits", "OV", "MLP", "coverage"] + (["GGUF"] if CASES[case][2].get("gguf") else [])
         assert r["checks"] == want, (case, r["checks"])
+
+
+def test_the_language_models_block_stack_is_chosen_beside_a_vision_tower():
+    """Gemma 3 4B-27B checkpoints hold a vision tower whose blocks have the same names as the language
+    model's: the prefix kept is the stack with every block of the configuration and the token embedding,
+    whatever order the names come in."""
+    from family_cases import make_config
+
+    from utils.weights.layout import Layout
+
+    cfg = make_config("gemma3_text")
+    L = cfg.num_hidden_layers
+    lm = [f"model.language_model.layers.{i}.self_attn.q_proj.weight" for i in range(L)]
+    lm.append("model.language_model.embed_tokens.weight")
+    tower_short = [f"model.vision_tower.vision_model.encoder.layers.{i}.self_attn.q_proj.weight" for i in range(L - 1)]
+    tower_full = [f"vision.layers.{i}.self_attn.q_proj.weight" for i in range(L)]  # every block, no embedding
+    for names in (lm + tower_short, tower_short + lm, tower_full + lm, list(reversed(tower_full + lm))):
+        assert Layout(FAMILIES["gemma3_text"], cfg, names).prefix == "model.language_model."

@@ -31,7 +31,7 @@ class ExperimentConfig:
     min_eval_questions: int = 900
     dev_articles: int = 1
     split_seed: int = 0
-    max_eval_contexts: int = 20
+    max_eval_contexts: int = 15
     max_train_contexts: int = 0
     n_train_paragraphs: int = 200
     n_eval_paragraphs: int = 60

@@ -281,15 +281,35 @@ class Layout:
         return (self.family.stack + tpl).format(p=self.prefix, i=layer, e=expert)
 
     def _find_prefix(self) -> str:
-        """The text before the block stack in the checkpoint's names (``model.``, ``transformer.``, ...)."""
-        stack = re.escape(self.family.stack).replace(r"\{p\}", "(?P<p>.*?)").replace(r"\{i\}", r"\d+")
+        """The text before the block stack in the checkpoint's names (``model.``, ``transformer.``, ...).
+
+        A checkpoint may hold more than one block stack of the same shape of names (Gemma 3's language model
+        beside its vision tower): the prefix kept is the one whose stack has every block of the
+        configuration and the token embedding, then one under ``language_model``, then the shortest; chosen
+        the same way on every run."""
+        stack = re.escape(self.family.stack).replace(r"\{p\}", "(?P<p>.*?)").replace(r"\{i\}", r"(?P<i>\d+)")
         probes = [t for key in ("q", "qkv", "q_a", "o") for t in self._templates(key)]
+        embed = self.family.hf_model.get("W_embed", "")
+        embeds = (embed,) if isinstance(embed, str) else tuple(embed)
         for tpl in probes:
             rx = re.compile("^" + stack + re.escape(tpl) + "$")
+            layers: dict[str, set[int]] = {}
             for n in self.names:
                 m = rx.match(n)
                 if m:
-                    return m.group("p")
+                    layers.setdefault(m.group("p"), set()).add(int(m.group("i")))
+            if layers:
+                every = set(range(self.dims.L))
+                return min(
+                    layers,
+                    key=lambda p, got=layers: (
+                        not every <= got[p],
+                        not any(e.format(p=p) in self.names for e in embeds if e),
+                        "language_model" not in p,
+                        len(p),
+                        p,
+                    ),
+                )
         raise UnsupportedArchitecture(
             f"no {self.family.name} attention weights found in {self.source} (looked for names like "
             f"{self.family.stack.format(p='', i=0)}{probes[0]}); the configuration says {self.family.name} "
