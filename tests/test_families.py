@@ -118,8 +118,11 @@ class Forward:
         g = torch.Generator().manual_seed(seed)
         d = model.config.get_text_config().hidden_size
         x = torch.randn(B, T, d, generator=g, dtype=torch.float64)
+        # every position id 0 (rotary the identity), with an explicit all-ones attention mask: without one,
+        # transformers (>= 5.25, encoders included) reads position ids that restart as packed sequences
+        ones, zeros = torch.ones(B, T, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
         with torch.no_grad():
-            out = model(inputs_embeds=x, position_ids=torch.zeros(B, T, dtype=torch.long), output_attentions=True)
+            out = model(inputs_embeds=x, attention_mask=ones, position_ids=zeros, output_attentions=True)
         for hk in hooks:
             hk.remove()
         self.probs = [a.detach() for a in out.attentions]
