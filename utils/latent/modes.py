@@ -217,18 +217,18 @@ class ResultStore:
         """Whether the job is stored under the current settings (and, given ``qids``, covers exactly those
         questions)."""
         row = self.rows.get(self.key(mode, ratio, seed))
-        return (
-            row is not None
-            and row.get("settings", {}) == self.settings_for(mode, seed)
-            and (qids is None or row["qids"] == list(qids))
-        )
+        return row is not None and self._made_now(row) and (qids is None or row["qids"] == list(qids))
+
+    def _made_now(self, row: dict) -> bool:
+        """Whether ``row`` was made under the current settings of its mode and seed."""
+        return row.get("settings", {}) == self.settings_for(row["mode"], row["seed"])
 
     def get(self, mode, ratio, seed) -> dict:
         return self.rows[self.key(mode, ratio, seed)]
 
     def current(self) -> list[dict]:
         """The stored rows made under the current settings."""
-        return [r for r in self.rows.values() if r.get("settings", {}) == self.settings_for(r["mode"], r["seed"])]
+        return [r for r in self.rows.values() if self._made_now(r)]
 
     def add(self, row: dict) -> None:
         row = {**row, "settings": self.settings_for(row["mode"], row["seed"])}
